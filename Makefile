@@ -1,0 +1,45 @@
+# genlab: `make demo` runs the main job, `make test` runs the tests.
+# Both create .venv and install what they need; nothing is assumed installed by hand.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.genlab-installed
+
+.PHONY: demo test test-slow bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@# torch: keep a build that is already importable; else the CPU wheel (a plain
+	@# `torch` requirement would pull a multi-GB CUDA build).
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/genlab data fetch mnist
+	$(VENV)/bin/genlab train vae --dataset mnist --arch mlp --epochs 10 --seed 0 --out runs/demo-vae --overwrite
+	$(VENV)/bin/genlab sample runs/demo-vae --n 64 --seed 0 --out runs/demo-vae/samples.png
+	$(VENV)/bin/genlab reconstruct runs/demo-vae --out runs/demo-vae/reconstructions.png
+	$(VENV)/bin/genlab interpolate runs/demo-vae --out runs/demo-vae/interpolation.png
+	@echo
+	@echo "Demo finished. Look in runs/demo-vae/:"
+	@echo "  samples.png          64 new digits decoded from random latents"
+	@echo "  reconstructions.png  test digits (odd rows) and their reconstructions (even rows)"
+	@echo "  interpolation.png    walks through latent space between pairs of test digits"
+	@echo "  loss.png             train and test loss per epoch"
+	@echo "  samples/             the sample grid after every epoch (fixed latents)"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) benchmarks/vae.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

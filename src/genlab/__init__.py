@@ -1,0 +1,14 @@
+"""genlab: generative AI you can run on an ordinary computer.
+
+    import genlab
+    run = genlab.train("vae", dataset="mnist", epochs=10, out="runs/my-vae")
+    run.save_samples(64, "samples.png", seed=0)
+    print(run.evaluate())
+"""
+__version__ = "0.1.0"
+
+from .api import Run, dataset_classifier, datasets, fetch, load, save_images, train  # noqa: E402
+from .errors import GenlabError  # noqa: E402
+
+__all__ = ["Run", "GenlabError", "dataset_classifier", "datasets", "fetch", "load",
+           "save_images", "train", "__version__"]

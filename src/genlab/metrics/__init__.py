@@ -1,0 +1,1 @@
+"""Metrics: the dataset classifier (classifier.py) and likelihood bounds (elbo.py)."""

@@ -1,0 +1,157 @@
+"""The dataset classifier: a small CNN that genlab trains once per labelled dataset and
+caches under ``$GENLAB_DATA/classifiers/``. Its penultimate layer (128 features) is the
+feature space of every image metric (FID/KID/precision-recall are labelled with the
+dataset, e.g. ``FID[genlab-mnist]``, because they are not Inception features); its
+predictions tell whether generated samples are recognisable and which classes they cover.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data import ImageData, data_root
+from ..errors import GenlabError
+from ..runs import RunDir
+
+
+@dataclass
+class ClassifierConfig:
+    channels: int = 1
+    image_size: int = 28
+    num_classes: int = 10
+    width: int = 16
+    features: int = 128
+
+
+class ClassifierNet(nn.Module):
+    def __init__(self, cfg: ClassifierConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.conv = nn.Sequential(
+            nn.Conv2d(cfg.channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(3),
+        )
+        self.fc = nn.Linear(4 * w * 9, cfg.features)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(cfg.features, cfg.num_classes)
+
+    def features(self, x):
+        """Penultimate features (B, 128), the space image metrics are computed in."""
+        return F.relu(self.fc(self.conv(x).flatten(1)))
+
+    def forward(self, x):
+        return self.head(self.drop(self.features(x)))
+
+
+def _cache_key(data: ImageData) -> str:
+    name = data.name
+    if ":" in name:  # folder:/npy: data -> a stable key from the path and the content
+        h = hashlib.sha1(data.train_x[:2000].numpy().tobytes()).hexdigest()[:10]
+        name = name.split(":", 1)[0] + "-" + h
+    return name
+
+
+class DatasetClassifier:
+    """A trained ClassifierNet plus the name of the dataset it belongs to."""
+
+    def __init__(self, net: ClassifierNet, dataset: str, test_accuracy: float):
+        self.net = net.eval()
+        self.dataset = dataset
+        self.test_accuracy = test_accuracy
+
+    @torch.no_grad()
+    def _batched(self, images, fn, batch_size=1000):
+        outs = [fn(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)]
+        return torch.cat(outs) if outs else torch.empty(0)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """images: float (N, C, H, W) in [0, 1]."""
+        return self._batched(images, self.net.features)
+
+    def probs(self, images: torch.Tensor) -> torch.Tensor:
+        return self._batched(images, lambda x: F.softmax(self.net(x), -1))
+
+    def recognised(self, images: torch.Tensor, threshold: float = 0.9) -> dict:
+        """Share of images classified with confidence > threshold, and the class histogram."""
+        p = self.probs(images)
+        conf, cls = p.max(-1)
+        counts = torch.bincount(cls, minlength=self.net.cfg.num_classes)
+        return {"recognised": float((conf > threshold).float().mean()),
+                "class_share": (counts.float() / max(1, len(images))).tolist()}
+
+
+def get_classifier(data: ImageData, train: bool = True, epochs: int = 3, seed: int = 0,
+                   log=None) -> DatasetClassifier:
+    """The cached classifier for `data`, trained (a minute or two on 2 cores) if missing."""
+    if data.train_y is None or not data.classes:
+        raise GenlabError(f"{data.name} has no labels, so genlab cannot train its classifier")
+    key = _cache_key(data)
+    run = RunDir(data_root() / "classifiers" / key)
+    c, h, _ = data.shape
+    cfg = ClassifierConfig(channels=c, image_size=h, num_classes=data.num_classes)
+    net = ClassifierNet(cfg)
+    if run.is_run():
+        meta = run.read_config()
+        if meta.get("net") == asdict(cfg):
+            run.load_weights(net)
+            return DatasetClassifier(net, data.name, meta.get("test_accuracy", float("nan")))
+    if not train:
+        raise GenlabError(f"no cached classifier for {data.name} (run `genlab data classifier {data.name}`)")
+    log = log or (lambda m: print(f"genlab: {m}", file=sys.stderr, flush=True))
+    log(f"training the {data.name} classifier once (cached in {run.path}) ...")
+    t0 = time.time()
+    acc = _train(net, data, epochs, seed)
+    log(f"classifier for {data.name}: test accuracy {acc:.2%} ({time.time() - t0:.0f}s)")
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.save_weights(net)
+    run.write_config({"family": "classifier", "dataset": data.name, "net": asdict(cfg),
+                      "test_accuracy": acc, "epochs": epochs, "seed": seed})
+    return DatasetClassifier(net, data.name, acc)
+
+
+def _train(net, data: ImageData, epochs, seed) -> float:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        x, y = data.train_x, data.train_y
+        bs = 128
+        steps = epochs * math.ceil(len(x) / bs)
+        opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.15)
+        net.train()
+        for _ in range(epochs):
+            perm = torch.randperm(len(x), generator=g)
+            for i in range(0, len(x), bs):
+                idx = perm[i:i + bs]
+                xb = _augment(ImageData.to_float(x[idx]), g)
+                loss = F.cross_entropy(net(xb), y[idx], label_smoothing=0.05)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+        net.eval()
+        with torch.no_grad():
+            pred = torch.cat([net(ImageData.to_float(data.test_x[i:i + 1000])).argmax(-1)
+                              for i in range(0, len(data.test_x), 1000)])
+        return float((pred == data.test_y).float().mean())
+
+
+def _augment(x, g):
+    """Random shifts of up to 2 pixels (zero padding): cheap, and helps generalise."""
+    b = x.shape[0]
+    pad = F.pad(x, (2, 2, 2, 2))
+    dx, dy = torch.randint(0, 5, (2,), generator=g).tolist()
+    return pad[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]] if b else x
+

@@ -1,0 +1,195 @@
+"""The run directory: the one place that reads and writes it.
+
+A run directory holds everything about one training run:
+
+    config.json         everything needed to rebuild the model (family, arch, sizes, data)
+    model.safetensors   the weights (never pickle)
+    state.pt            only for --resume: optimizer, RNG and loop position (weights_only=True)
+    metrics.jsonl       one JSON object per logged epoch / step / evaluation
+    samples/            PNG grids per epoch
+    loss.png            the loss plot
+
+All writes are atomic (temporary file in the same directory, then rename), so an
+interrupted write never leaves a half-written file behind, and a failing command never
+damages what is already there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import GenlabError
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+STATE = "state.pt"
+METRICS = "metrics.jsonl"
+SAMPLES = "samples"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to `path`; on success rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(path, obj) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+class RunDir:
+    """Reads and writes the files of one run directory."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    # -- creation / validation -------------------------------------------------------
+    def is_run(self) -> bool:
+        return (self.path / CONFIG).is_file()
+
+    def require(self) -> "RunDir":
+        """Raise a clear error unless this is a run directory with weights."""
+        if not self.path.exists():
+            raise GenlabError(f"{self.path}: no such run directory")
+        if not self.path.is_dir():
+            raise GenlabError(f"{self.path}: not a directory (expected a run directory)")
+        if not self.is_run():
+            raise GenlabError(f"{self.path}: not a genlab run (no {CONFIG})")
+        if not (self.path / WEIGHTS).is_file():
+            raise GenlabError(f"{self.path}: run has no {WEIGHTS} (training never saved)")
+        return self
+
+    def prepare_new(self, overwrite: bool = False) -> None:
+        """Make the directory for a fresh run; refuse to clobber an existing run."""
+        if self.path.exists() and not self.path.is_dir():
+            raise GenlabError(f"{self.path}: exists and is not a directory")
+        if self.is_run() and not overwrite:
+            raise GenlabError(
+                f"{self.path}: a run already exists here (use --resume to continue it, "
+                "--overwrite to replace it, or another --out)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for name in (CONFIG, WEIGHTS, STATE, METRICS, "loss.png"):
+                p = self.path / name
+                if p.exists():
+                    p.unlink()
+            samples = self.path / SAMPLES
+            if samples.is_dir():
+                for p in samples.glob("*.png"):
+                    p.unlink()
+
+    # -- config ------------------------------------------------------------------------
+    def read_config(self) -> dict:
+        p = self.path / CONFIG
+        try:
+            cfg = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise GenlabError(f"{self.path}: not a genlab run (no {CONFIG})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise GenlabError(f"{p}: corrupt config ({e})") from None
+        if not isinstance(cfg, dict) or "family" not in cfg:
+            raise GenlabError(f"{p}: not a genlab config (no 'family' field)")
+        return cfg
+
+    def write_config(self, cfg: dict) -> None:
+        write_json_atomic(self.path / CONFIG, cfg)
+
+    # -- weights -----------------------------------------------------------------------
+    def save_weights(self, module: torch.nn.Module, name: str = WEIGHTS) -> None:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        with atomic_path(self.path / name) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt", "producer": "genlab"})
+
+    def load_weights(self, module: torch.nn.Module, name: str = WEIGHTS) -> None:
+        """Load weights into `module`, checking every name and shape against it."""
+        p = self.path / name
+        try:
+            tensors = load_file(str(p))
+        except FileNotFoundError:
+            raise GenlabError(f"{p}: missing weights file") from None
+        except (SafetensorError, OSError, ValueError) as e:
+            raise GenlabError(f"{p}: corrupt weights file ({e})") from None
+        expected = module.state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        if missing or extra:
+            raise GenlabError(
+                f"{p}: weights do not match the model in {CONFIG} "
+                f"(missing: {', '.join(missing[:3]) or '-'}; unexpected: {', '.join(extra[:3]) or '-'})")
+        for k, v in expected.items():
+            if tuple(tensors[k].shape) != tuple(v.shape):
+                raise GenlabError(
+                    f"{p}: tensor {k} has shape {tuple(tensors[k].shape)}, "
+                    f"but the model in {CONFIG} needs {tuple(v.shape)}")
+        module.load_state_dict(tensors)
+
+    # -- resume state ------------------------------------------------------------------
+    def save_state(self, state: dict) -> None:
+        with atomic_path(self.path / STATE) as tmp:
+            torch.save(state, tmp)
+
+    def load_state(self) -> dict | None:
+        p = self.path / STATE
+        if not p.is_file():
+            return None
+        try:
+            return torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure means an unusable file
+            raise GenlabError(f"{p}: corrupt resume state ({type(e).__name__})") from None
+
+    def has_state(self) -> bool:
+        return (self.path / STATE).is_file()
+
+    # -- metrics -----------------------------------------------------------------------
+    def append_metrics(self, record: dict) -> None:
+        """Append one JSON line (appends are line-atomic for our small records)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / METRICS, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+
+    def read_metrics(self) -> list[dict]:
+        p = self.path / METRICS
+        if not p.is_file():
+            return []
+        out = []
+        for line in p.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash: skip it, keep the rest
+        return out
+
+    def rewrite_metrics(self, records: list[dict]) -> None:
+        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        write_bytes_atomic(self.path / METRICS, data.encode())
+
+    @property
+    def samples_dir(self) -> Path:
+        d = self.path / SAMPLES
+        d.mkdir(parents=True, exist_ok=True)
+        return d

@@ -1,0 +1,1 @@
+"""Training: the shared loop (loop.py) and one small step file per family (vae.py, ...)."""

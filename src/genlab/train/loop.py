@@ -1,0 +1,213 @@
+"""The shared training loop: seeding, shuffling, checkpoints, resume, time budget,
+Ctrl-C, NaN guard, logging and the progress bar. Families plug in a `Task`.
+
+Repeatability: one `torch.Generator` shuffles the data and the global torch RNG feeds
+the model (e.g. the VAE's reparameterization noise); evaluation runs inside
+`torch.random.fork_rng`, so it never moves the training stream. The resume state records
+the loop position (epoch, step), the shuffling generator's state at the start of the
+epoch, the global RNG state and the running loss sum, so a resumed run replays exactly the
+batches and noise an uninterrupted run would have seen: same weights, bit for bit.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import GenlabError
+from ..runs import RunDir
+
+
+@dataclass
+class LoopConfig:
+    epochs: int | None = 10          # None: until the time budget is spent
+    batch_size: int = 128
+    seed: int = 0
+    time_budget: float | None = None  # seconds of training (evaluation excluded)
+    progress: bool | None = None      # None: a bar when stdout is a terminal
+
+
+class Task:
+    """What a family supplies to the loop. See train/vae.py for an example."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """One optimisation step on a float batch; returns the batch's summed loss (0-d)."""
+        raise NotImplementedError
+
+    def set_progress(self, fraction: float) -> None:
+        """Called before each step with the fraction of training done (for schedules)."""
+
+    def end_epoch(self, epoch: int, train_loss: float, run: RunDir, final: bool) -> dict:
+        """Evaluate / draw samples after an epoch; returns fields for metrics.jsonl."""
+        return {}
+
+    def epoch_line(self, epoch: int, rec: dict) -> str:
+        return f"Epoch {epoch}, Loss: {rec['train_loss']:.4f}"
+
+
+class _Interrupt:
+    """Turns the first Ctrl-C into a flag, so the loop can stop at a step boundary."""
+
+    def __init__(self):
+        self.hit = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: leave signals alone
+            self._old = None
+        return self
+
+    def _handler(self, signum, frame):
+        if self.hit:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | None,
+        cfg: LoopConfig, to_float, resume: bool = False, log=print) -> dict:
+    """Train `task` on uint8 images `train_x`; returns a summary dict.
+
+    `to_float` turns an indexed uint8 batch into the model's float input.
+    """
+    n = len(train_x)
+    if n == 0:
+        raise GenlabError("the training split is empty")
+    bs = cfg.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    epochs = cfg.epochs if cfg.epochs is not None else 10**9
+    total_steps = epochs * steps_per_epoch
+
+    gen = torch.Generator()
+    gen.manual_seed(cfg.seed)
+    # elapsed: wall-clock seconds of the loop, evaluation included (what --time-budget
+    # limits); step_time: seconds spent in training steps alone (what benchmarks compare).
+    start_epoch, start_step, running, elapsed, step_time = 1, 0, 0.0, 0.0, 0.0
+    if resume:
+        state = run.load_state()
+        if state is None:
+            raise GenlabError(f"{run.path}: nothing to resume (no state.pt)")
+        task.optimizer.load_state_dict(state["optimizer"])
+        start_epoch, start_step = int(state["epoch"]), int(state["step"])
+        running, elapsed = float(state["running"]), float(state["elapsed"])
+        step_time = float(state.get("step_time", 0.0))
+        gen.set_state(state["gen_state"])
+        torch.set_rng_state(state["rng_state"])
+        if start_epoch > epochs:
+            log(f"{run.path}: already trained for {start_epoch - 1} epochs; nothing to do")
+            return {"epochs": start_epoch - 1, "stopped": None}
+    else:
+        torch.manual_seed(cfg.seed)
+
+    show_bar = cfg.progress if cfg.progress is not None else sys.stdout.isatty()
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+        bar = tqdm(total=None if cfg.epochs is None else total_steps, unit="step",
+                   initial=(start_epoch - 1) * steps_per_epoch + start_step,
+                   dynamic_ncols=True, leave=False)
+        say = bar.write
+    else:
+        say = log
+
+    def save(epoch, step, gen_state, running_sum):
+        run.save_weights(task.model)
+        run.save_state({"optimizer": task.optimizer.state_dict(), "epoch": epoch, "step": step,
+                        "gen_state": gen_state, "rng_state": torch.get_rng_state(),
+                        "running": running_sum, "elapsed": elapsed, "step_time": step_time})
+
+    stopped = None
+    epoch = start_epoch
+    t_last = time.monotonic()
+    with _Interrupt() as intr:
+        try:
+            while epoch <= epochs and stopped is None:
+                gen_state = gen.get_state()
+                perm = torch.randperm(n, generator=gen)
+                step = start_step if epoch == start_epoch else 0
+                running = running if epoch == start_epoch else 0.0
+                task.model.train()
+                while step < steps_per_epoch:
+                    if intr.hit:
+                        stopped = "interrupt"
+                        break
+                    if cfg.time_budget is not None and elapsed >= cfg.time_budget:
+                        stopped = "time budget"
+                        break
+                    done = ((epoch - 1) * steps_per_epoch + step) / total_steps
+                    if cfg.time_budget is not None:
+                        done = max(done, elapsed / cfg.time_budget)
+                    task.set_progress(min(done, 1.0))
+                    t0 = time.monotonic()
+                    idx = perm[step * bs:(step + 1) * bs]
+                    yb = None if train_y is None else train_y[idx]
+                    loss = float(task.train_step(to_float(train_x[idx]), yb))
+                    if not math.isfinite(loss):
+                        raise GenlabError(
+                            f"training diverged: loss became {loss} at epoch {epoch}, step {step + 1}; "
+                            f"the last good checkpoint in {run.path} is kept (try a lower --lr)")
+                    running += loss
+                    step += 1
+                    now = time.monotonic()
+                    step_time += now - t0
+                    elapsed += now - t_last
+                    t_last = now
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix_str(f"epoch {epoch} loss {running / min(n, step * bs):.2f}")
+                if stopped is not None and step < steps_per_epoch:
+                    if stopped == "time budget" and step > 0:
+                        # Finish cleanly: evaluate the model as it stands, then save.
+                        _end_epoch(task, run, epoch, running / min(n, step * bs),
+                                   step / steps_per_epoch, step_time, say)
+                    save(epoch, step, gen_state, running)
+                    break
+                _end_epoch(task, run, epoch, running / n, 1.0, step_time, say)
+                now = time.monotonic()
+                elapsed += now - t_last
+                t_last = now
+                save(epoch + 1, 0, gen.get_state(), 0.0)
+                epoch += 1
+                if intr.hit:
+                    stopped = "interrupt"
+        finally:
+            if bar is not None:
+                bar.close()
+    if stopped == "interrupt":
+        say(f"interrupted: the run in {run.path} is saved and usable; continue it with --resume")
+    elif stopped == "time budget":
+        say(f"time budget of {cfg.time_budget:g}s spent after {elapsed:.1f}s of training; "
+            f"run saved in {run.path} (continue with --resume)")
+    return {"epochs": epoch - 1, "stopped": stopped, "wall_seconds": elapsed, "step_seconds": step_time}
+
+
+def _end_epoch(task, run, epoch, train_loss, fraction, step_time, say):
+    with torch.random.fork_rng():
+        torch.manual_seed(10_000 + epoch)
+        task.model.eval()
+        with torch.no_grad():
+            extra = task.end_epoch(epoch, train_loss, run, final=fraction >= 1.0)
+        task.model.train()
+    rec = {"kind": "epoch", "epoch": epoch, "train_loss": train_loss, **extra,
+           "step_seconds": round(step_time, 3)}
+    if fraction < 1.0:
+        rec["partial"] = round(fraction, 4)
+    line = task.epoch_line(epoch, rec)
+    if fraction < 1.0:
+        line += f"  (stopped {fraction:.0%} into the epoch)"
+    say(line)
+    run.append_metrics(rec)
+    return rec
