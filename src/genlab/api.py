@@ -31,7 +31,7 @@ FAMILIES = ("vae",)
 # The lecture's settings are the defaults of --arch mlp; --arch conv has its own recipe.
 VAE_DEFAULTS = {
     "mlp": {"latent_dim": 20, "lr": 1e-3, "batch_size": 128, "schedule": "constant"},
-    "conv": {"latent_dim": 32, "lr": 2e-3, "batch_size": 128, "schedule": "cosine"},
+    "conv": {"latent_dim": 32, "lr": 2e-3, "batch_size": 128, "schedule": "cosine", "hidden": 512},
 }
 
 
@@ -83,7 +83,8 @@ def train(family: str = "vae", dataset: str = "mnist", out=None, *, arch: str = 
         _check(h in (28, 32), f"--arch conv needs 28x28 or 32x32 images, {dataset} has {h}x{w} (use --image-size)")
     run = RunDir(out if out is not None else _default_out(family, dataset))
     run.prepare_new(overwrite=overwrite)
-    mcfg = VAEConfig(arch=arch, channels=c, image_size=h, latent_dim=latent_dim)
+    mcfg = VAEConfig(arch=arch, channels=c, image_size=h, latent_dim=latent_dim,
+                     hidden=d.get("hidden", VAEConfig.hidden))
     config = {
         "family": family, "genlab_version": __version__, "model": mcfg.to_dict(),
         "data": {"dataset": dataset, "image_size": h, "channels": c, "classes": list(data.classes)},

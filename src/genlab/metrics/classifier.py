@@ -21,6 +21,9 @@ from ..errors import GenlabError
 from ..runs import RunDir
 
 
+RECIPE = 2  # bump when the training recipe changes: cached classifiers are then retrained
+
+
 @dataclass
 class ClassifierConfig:
     channels: int = 1
@@ -104,7 +107,7 @@ def get_classifier(data: ImageData, train: bool = True, epochs: int = 3, seed: i
     net = ClassifierNet(cfg)
     if run.is_run():
         meta = run.read_config()
-        if meta.get("net") == asdict(cfg):
+        if meta.get("net") == asdict(cfg) and meta.get("recipe") == RECIPE:
             run.load_weights(net)
             return DatasetClassifier(net, data.name, meta.get("test_accuracy", float("nan")))
     if not train:
@@ -116,7 +119,7 @@ def get_classifier(data: ImageData, train: bool = True, epochs: int = 3, seed: i
     log(f"classifier for {data.name}: test accuracy {acc:.2%} ({time.time() - t0:.0f}s)")
     run.path.mkdir(parents=True, exist_ok=True)
     run.save_weights(net)
-    run.write_config({"family": "classifier", "dataset": data.name, "net": asdict(cfg),
+    run.write_config({"family": "classifier", "dataset": data.name, "net": asdict(cfg), "recipe": RECIPE,
                       "test_accuracy": acc, "epochs": epochs, "seed": seed})
     return DatasetClassifier(net, data.name, acc)
 
@@ -136,7 +139,7 @@ def _train(net, data: ImageData, epochs, seed) -> float:
             for i in range(0, len(x), bs):
                 idx = perm[i:i + bs]
                 xb = _augment(ImageData.to_float(x[idx]), g)
-                loss = F.cross_entropy(net(xb), y[idx], label_smoothing=0.05)
+                loss = F.cross_entropy(net(xb), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

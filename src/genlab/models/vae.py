@@ -23,7 +23,7 @@ class VAEConfig:
     channels: int = 1
     image_size: int = 28
     latent_dim: int = 20
-    hidden: int = 400          # mlp: hidden units
+    hidden: int = 400          # hidden units (mlp: the lecture's 400; conv: the bottleneck MLP)
     width: int = 32            # conv: channels of the first conv layer (doubles per stage)
 
     @property
@@ -70,9 +70,8 @@ class MLPVAE(nn.Module):
 
 
 class ConvVAE(nn.Module):
-    """A convolutional VAE: three stride-2 stages down, a linear bottleneck, three up.
-
-    28x28 inputs are padded to 32x32 inside the model and cropped back at the output.
+    """A convolutional VAE sized for a CPU: two stride-2 convolutions down to 7x7 (8x8
+    for 32x32 images), a fully connected bottleneck, and two transposed convolutions up.
     """
 
     def __init__(self, cfg: VAEConfig):
@@ -80,45 +79,29 @@ class ConvVAE(nn.Module):
         if cfg.image_size not in (28, 32):
             raise ValueError("ConvVAE supports 28x28 and 32x32 images")
         self.cfg = cfg
-        w, c = cfg.width, cfg.channels
+        w, c, s = cfg.width, cfg.channels, cfg.image_size // 4
         self.enc = nn.Sequential(
-            nn.Conv2d(c, w, 3, 1, 1), nn.SiLU(),
-            nn.Conv2d(w, w, 4, 2, 1), nn.SiLU(),            # 16x16
-            nn.Conv2d(w, 2 * w, 3, 1, 1), nn.SiLU(),
-            nn.Conv2d(2 * w, 2 * w, 4, 2, 1), nn.SiLU(),    # 8x8
-            nn.Conv2d(2 * w, 4 * w, 3, 1, 1), nn.SiLU(),
-            nn.Conv2d(4 * w, 4 * w, 4, 2, 1), nn.SiLU(),    # 4x4
+            nn.Conv2d(c, w, 4, 2, 1), nn.SiLU(),             # s*2 x s*2
+            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.SiLU(),         # s x s
+            nn.Flatten(),
+            nn.Linear(2 * w * s * s, cfg.hidden), nn.SiLU(),
         )
-        flat = 4 * w * 4 * 4
-        self.fc_mu = nn.Linear(flat, cfg.latent_dim)
-        self.fc_logvar = nn.Linear(flat, cfg.latent_dim)
-        self.fc_dec = nn.Linear(cfg.latent_dim, flat)
+        self.fc_mu = nn.Linear(cfg.hidden, cfg.latent_dim)
+        self.fc_logvar = nn.Linear(cfg.hidden, cfg.latent_dim)
         self.dec = nn.Sequential(
-            nn.SiLU(),
-            nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1), nn.SiLU(),   # 8x8
-            nn.Conv2d(2 * w, 2 * w, 3, 1, 1), nn.SiLU(),
-            nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.SiLU(),       # 16x16
-            nn.Conv2d(w, w, 3, 1, 1), nn.SiLU(),
-            nn.ConvTranspose2d(w, w, 4, 2, 1), nn.SiLU(),           # 32x32
-            nn.Conv2d(w, c, 3, 1, 1),
+            nn.Linear(cfg.latent_dim, cfg.hidden), nn.SiLU(),
+            nn.Linear(cfg.hidden, 2 * w * s * s), nn.SiLU(),
+            nn.Unflatten(1, (2 * w, s, s)),
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.SiLU(),
+            nn.ConvTranspose2d(w, c, 4, 2, 1),
         )
-
-    def _pad(self):
-        return (32 - self.cfg.image_size) // 2
 
     def encode(self, x):
-        p = self._pad()
-        if p:
-            x = F.pad(x, (p, p, p, p))
-        h = self.enc(x).flatten(1)
+        h = self.enc(x)
         return self.fc_mu(h), self.fc_logvar(h)
 
     def decode_logits(self, z):
-        w = self.cfg.width
-        h = self.fc_dec(z).view(-1, 4 * w, 4, 4)
-        out = self.dec(h)
-        p = self._pad()
-        return out[:, :, p:32 - p, p:32 - p] if p else out
+        return self.dec(z)
 
     def decode(self, z):
         return torch.sigmoid(self.decode_logits(z))
