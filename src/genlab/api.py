@@ -102,23 +102,39 @@ def _resume(run: RunDir, epochs, time_budget, progress, log) -> "Run":
     config = run.read_config()
     _check(config["family"] in FAMILIES, f"{run.path}: cannot resume a '{config['family']}' run here")
     _check(run.has_state(), f"{run.path}: nothing to resume (no state.pt)")
+    # Check everything that can be wrong before writing anything.
+    state = run.load_state()
+    try:
+        model = build_vae(VAEConfig(**config["model"]))
+    except (TypeError, KeyError, ValueError, RuntimeError) as e:
+        raise GenlabError(f"{run.path}/config.json: invalid model config ({e})") from None
+    run.load_weights(model)
+    t = config["train"]
     if epochs is not None:
-        config["train"]["epochs"] = epochs
+        t["epochs"] = epochs
     if time_budget is not None:
-        config["train"]["time_budget"] = time_budget
+        t["time_budget"] = time_budget
+    elif t.get("time_budget") is not None and float(state["elapsed"]) >= t["time_budget"]:
+        # The budget (the run's total) is spent: continuing means training without one.
+        _check(t.get("epochs") is not None,
+               f"{run.path}: its time budget of {t['time_budget']:g}s is spent; give a larger "
+               "--time-budget (the run's total seconds) or --epochs to continue")
+        log(f"the run's time budget of {t['time_budget']:g}s is spent; continuing to epoch "
+            f"{t['epochs']} without one")
+        t["time_budget"] = None
     run.write_config(config)
     d = config["data"]
     data = load_images(d["dataset"], image_size=d["image_size"], channels=d["channels"])
     log(f"resuming {run.path}")
-    return _fit(run, config, data, resume=True, progress=progress, log=log)
+    return _fit(run, config, data, resume=True, progress=progress, log=log, model=model)
 
 
-def _fit(run: RunDir, config: dict, data: ImageData, resume: bool, progress, log) -> "Run":
+def _fit(run: RunDir, config: dict, data: ImageData, resume: bool, progress, log, model=None) -> "Run":
+    """Train (a fresh model, or `model` with its weights loaded when resuming)."""
     t = config["train"]
-    torch.manual_seed(t["seed"])  # model initialisation
-    model = build_vae(VAEConfig(**config["model"]))
-    if resume:
-        run.load_weights(model)
+    if model is None:
+        torch.manual_seed(t["seed"])  # model initialisation
+        model = build_vae(VAEConfig(**config["model"]))
     task = VAETask(model, data, lr=t["lr"], beta=t["beta"], schedule=t["schedule"], seed=t["seed"])
     loop = LoopConfig(epochs=t["epochs"], batch_size=t["batch_size"], seed=t["seed"],
                       time_budget=t["time_budget"], progress=progress)
@@ -145,7 +161,7 @@ class Run:
         try:
             mcfg = VAEConfig(**self.config["model"])
             self.model = build_vae(mcfg)
-        except (TypeError, KeyError, ValueError) as e:
+        except (TypeError, KeyError, ValueError, RuntimeError) as e:
             raise GenlabError(f"{self.path}/config.json: invalid model config ({e})") from None
         self.dir.load_weights(self.model)
         self.model.eval()

@@ -173,8 +173,8 @@ def _center_crop_resize(im, size):
 
 def _split(name, x, y, test_mask, classes) -> ImageData:
     train = ~test_mask
-    if train.sum() == 0:  # a single image: train on it, test on it
-        train = test_mask
+    if train.sum() == 0 or test_mask.sum() == 0:  # a single image: train on it, test on it
+        train = test_mask = torch.ones(len(x), dtype=torch.bool)
     return ImageData(name, x[train].contiguous(), None if y is None else y[train],
                      x[test_mask].contiguous(), None if y is None else y[test_mask], classes)
 
@@ -187,7 +187,7 @@ def _load_npy(path: str, image_size: int | None, channels: int | None) -> ImageD
         raise GenlabError(f"npy:{path}: no such file")
     y = None
     try:
-        if p.suffix == ".npz":
+        if p.suffix.lower() == ".npz":
             with np.load(p, allow_pickle=False) as z:
                 xk = next((k for k in ("x", "images", "arr_0") if k in z.files), None)
                 if xk is None:

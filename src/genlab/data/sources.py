@@ -164,7 +164,14 @@ def _from_registry(ds: IdxDataset) -> dict:
         elif kind == "deb":
             if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
                 raise _SourceFailed(f"apt-get/dpkg not available (needed for the Debian package {spec})")
-            _run(["apt-get", "download", spec], cwd=tmp, what=f"apt-get download {spec}")
+            try:
+                _run(["apt-get", "download", spec], cwd=tmp, what=f"apt-get download {spec}")
+            except _SourceFailed:
+                # A fresh machine may have no package lists yet: refresh them once (root only).
+                if not hasattr(os, "geteuid") or os.geteuid() != 0:
+                    raise
+                _run(["apt-get", "update", "-qq"], cwd=tmp, what="apt-get update")
+                _run(["apt-get", "download", spec], cwd=tmp, what=f"apt-get download {spec}")
             debs = list(tmp.glob("*.deb"))
             if not debs:
                 raise _SourceFailed(f"apt-get download {spec} produced no .deb")

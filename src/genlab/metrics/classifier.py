@@ -21,7 +21,7 @@ from ..errors import GenlabError
 from ..runs import RunDir
 
 
-RECIPE = 2  # bump when the training recipe changes: cached classifiers are then retrained
+RECIPE = 4  # bump when the training recipe changes: cached classifiers are then retrained
 
 
 @dataclass
@@ -139,7 +139,13 @@ def _train(net, data: ImageData, epochs, seed) -> float:
             for i in range(0, len(x), bs):
                 idx = perm[i:i + bs]
                 xb = _augment(ImageData.to_float(x[idx]), g)
-                loss = F.cross_entropy(net(xb), y[idx])
+                out = _outliers(xb, g)
+                logits = net(torch.cat([xb, out]))
+                # Outlier exposure (Hendrycks et al., 2019): real images -> their class,
+                # noise / scrambled images -> the uniform distribution, so that the
+                # classifier is *not* confident on things that are not images of the data.
+                loss = F.cross_entropy(logits[:len(xb)], y[idx]) \
+                    - 0.5 * F.log_softmax(logits[len(xb):], -1).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -149,6 +155,20 @@ def _train(net, data: ImageData, epochs, seed) -> float:
             pred = torch.cat([net(ImageData.to_float(data.test_x[i:i + 1000])).argmax(-1)
                               for i in range(0, len(data.test_x), 1000)])
         return float((pred == data.test_y).float().mean())
+
+
+def _outliers(x, g):
+    """Non-images of the same size: uniform noise, sparse noise, blank images, and real
+    images with their pixels scrambled (same brightness statistics, no shape)."""
+    n = max(4, len(x) // 4)
+    k = n // 4
+    shape = x.shape[1:]
+    noise = torch.rand((k,) + shape, generator=g)
+    sparse = (torch.rand((k,) + shape, generator=g) < 0.2).float()
+    flat = torch.rand((k, 1, 1, 1), generator=g).expand((k,) + shape)  # blank / constant
+    src = x[: n - 3 * k].flatten(1)
+    scrambled = src[:, torch.randperm(src.shape[1], generator=g)].view((n - 3 * k,) + shape)
+    return torch.cat([noise, sparse, flat, scrambled])
 
 
 def _augment(x, g):

@@ -32,9 +32,10 @@ def negative_elbo(model, x_u8: torch.Tensor, to_float, batch_size: int = 1000) -
 
 
 @torch.no_grad()
-def iwae_nll(model, x_u8: torch.Tensor, to_float, k: int = 100, batch_size: int = 100) -> float:
+def iwae_nll(model, x_u8: torch.Tensor, to_float, k: int = 100, batch_size: int | None = None) -> float:
     """Importance-weighted NLL bound (nats/image) with `k` samples per image."""
     model.eval()
+    batch_size = batch_size or max(1, 2048 // k)  # ~2k decodes at a time: cache-friendly
     total = 0.0
     for i in range(0, len(x_u8), batch_size):
         x = to_float(x_u8[i:i + batch_size])

@@ -130,6 +130,7 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
                         "running": running_sum, "elapsed": elapsed, "step_time": step_time})
 
     stopped = None
+    steps_taken = 0  # in this call
     epoch = start_epoch
     # Denormal floats make CPU kernels (convolutions above all) several times slower and
     # carry no useful signal in training; flush them to zero while we train.
@@ -164,6 +165,7 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
                             f"the last good checkpoint in {run.path} is kept (try a lower --lr)")
                     running += loss
                     step += 1
+                    steps_taken += 1
                     now = time.monotonic()
                     step_time += now - t0
                     elapsed += now - t_last
@@ -172,7 +174,7 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
                         bar.update(1)
                         bar.set_postfix_str(f"epoch {epoch} loss {running / min(n, step * bs):.2f}")
                 if stopped is not None and step < steps_per_epoch:
-                    if stopped == "time budget" and step > 0:
+                    if stopped == "time budget" and steps_taken > 0:
                         # Finish cleanly: evaluate the model as it stands, then save.
                         _end_epoch(task, run, epoch, running / min(n, step * bs),
                                    step / steps_per_epoch, step_time, say)

@@ -1,0 +1,159 @@
+"""Shared fixtures for the genlab test suite.
+
+Everything here works on real data: MNIST from the genlab cache ($GENLAB_DATA, default
+~/.cache/genlab; on a fresh machine the first load fetches it). The expensive objects
+(a 2-epoch VAE trained through the CLI, a 1-epoch VAE trained through the API, the
+dataset classifier) are built once per session; tests that change a run work on a copy.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import genlab
+from genlab.data import load_images
+from genlab.data import sources
+
+GENLAB = [sys.executable, "-m", "genlab"]
+
+
+# -- helpers (exposed as fixtures so test files need not import conftest) ----------------
+
+def cli(*args, cwd=None, env=None, timeout=900) -> subprocess.CompletedProcess:
+    """Run `genlab ARGS...` in a fresh interpreter (this environment plus `env`) and
+    capture its output. Importable (`from conftest import cli`) and a fixture (`cli`)."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run(GENLAB + [str(a) for a in args], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=timeout)
+
+
+_cli = cli
+
+
+def _expect_user_error(r: subprocess.CompletedProcess, *fragments: str) -> str:
+    """The error contract: exit code 2, exactly one non-empty line on stderr, no traceback.
+    Returns that line; each of `fragments` must occur in it (case-insensitive)."""
+    assert r.returncode == 2, f"exit code {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, f"stderr should be exactly one line, got {len(lines)}:\n{r.stderr}"
+    line = lines[0].strip()
+    assert line, "stderr line is empty"
+    for frag in fragments:
+        assert frag.lower() in line.lower(), f"{frag!r} not in error line: {line}"
+    return line
+
+
+def _snapshot(root: Path) -> dict:
+    """{relative path: bytes} of every file under root (to prove nothing changed)."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _weights(run_path) -> dict:
+    return load_file(str(Path(run_path) / "model.safetensors"))
+
+
+def _assert_same_weights(a, b) -> None:
+    """Bit-identical state dicts (run paths or dicts of tensors)."""
+    wa = a if isinstance(a, dict) else _weights(a)
+    wb = b if isinstance(b, dict) else _weights(b)
+    assert sorted(wa) == sorted(wb)
+    diff = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not diff, f"tensors differ: {diff}"
+
+
+@pytest.fixture(name="cli", scope="session")
+def cli_fixture():
+    return cli
+
+
+@pytest.fixture(scope="session")
+def expect_user_error():
+    return _expect_user_error
+
+
+@pytest.fixture(scope="session")
+def snapshot():
+    return _snapshot
+
+
+@pytest.fixture(scope="session")
+def weights():
+    return _weights
+
+
+@pytest.fixture(scope="session")
+def assert_same_weights():
+    return _assert_same_weights
+
+
+# -- real data -----------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The real MNIST, loaded (and fetched if this machine has no cache yet) once."""
+    return load_images("mnist")
+
+
+@pytest.fixture(scope="session")
+def mnist_files(mnist) -> Path:
+    """The folder holding the verified raw MNIST IDX files."""
+    folder = sources.data_root() / "mnist"
+    for name in sources.IDX_FILES:
+        assert (folder / name).is_file(), f"{folder / name} missing after load_images('mnist')"
+    return folder
+
+
+@pytest.fixture(scope="session")
+def classifier(mnist):
+    """genlab's MNIST classifier (cached; trained once, ~80 s, on a fresh machine)."""
+    from genlab.metrics.classifier import get_classifier
+    return get_classifier(mnist)
+
+
+# -- trained runs ------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def trained_cli_run(tmp_path_factory, mnist):
+    """The lecture's MLP VAE trained 2 epochs on MNIST (seed 0) through the CLI:
+    .path (the run directory), .stdout, .stderr (what the command printed)."""
+    path = tmp_path_factory.mktemp("runs") / "mlp-2ep"
+    r = _cli("train", "vae", "--dataset", "mnist", "--arch", "mlp", "--epochs", 2, "--seed", 0,
+             "--out", path, "--no-progress")
+    assert r.returncode == 0, f"training failed:\n{r.stdout}\n{r.stderr}"
+    return SimpleNamespace(path=path, stdout=r.stdout, stderr=r.stderr)
+
+
+@pytest.fixture(scope="session")
+def trained_run(trained_cli_run) -> Path:
+    """The directory of the 2-epoch run (read-only: copy it with `run_copy` to change it)."""
+    return trained_cli_run.path
+
+
+@pytest.fixture(scope="session")
+def one_epoch_run(tmp_path_factory, mnist):
+    """The same model and seed as `trained_run`, trained 1 epoch through the Python API."""
+    path = tmp_path_factory.mktemp("runs") / "mlp-1ep"
+    lines: list[str] = []
+    run = genlab.train("vae", dataset="mnist", epochs=1, out=path, seed=0, progress=False,
+                       log=lines.append)
+    return SimpleNamespace(path=path, run=run, log=lines)
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    """A private copy of the 2-epoch run, for tests that change or damage it."""
+    dst = tmp_path / "run"
+    shutil.copytree(trained_run, dst)
+    return dst
