@@ -194,9 +194,9 @@ def main():
         t = r["t_target"]
         ref_t = ref["t_target"] or ref["train_s"]
         sp = f"{ref_t / t:.2f}x" if t else "-"
+        t_txt = f"{t:.1f}" if t else f"not reached (> {r['train_s']:.1f})"
         print(f"| {r['label']} | {r['epochs']} | {r['train_s']:.1f} | {r['train_loss']:.2f} | "
-              f"{r['test_loss']:.2f} | {t if t is None else round(t, 1)} | {sp} | {r['peak_mb']:.0f} | "
-              f"{r['recognised']:.1%} |")
+              f"{r['test_loss']:.2f} | {t_txt} | {sp} | {r['peak_mb']:.0f} | {r['recognised']:.1%} |")
     if ref["t_target"] is None:
         print(f"(the reference never reached {TARGET}; its speed-up base is its full training time)")
     print("\nper-epoch (epoch, test loss, cumulative train s):")

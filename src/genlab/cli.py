@@ -18,34 +18,24 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {v}")
-    return v
+def _number(convert, ok, need):
+    """An argparse type: `convert` the text, then require `ok(value)` ("must be NEED")."""
+    what = "a whole number" if convert is int else "a number"
+
+    def parse(s):
+        try:
+            v = convert(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{s}' is not {what}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {need}, not {s}")
+        return v
+    return parse
 
 
-def _positive_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {s}")
-    return v
-
-
-def _nonneg_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {s}")
-    return v
+_positive_int = _number(int, lambda v: v >= 1, ">= 1")
+_positive_float = _number(float, lambda v: v > 0, "> 0")
+_nonneg_float = _number(float, lambda v: v >= 0, ">= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
