@@ -86,6 +86,17 @@ class DatasetClassifier:
     def probs(self, images: torch.Tensor) -> torch.Tensor:
         return self._batched(images, lambda x: F.softmax(self.net(x), -1))
 
+    def class_share(self, images: torch.Tensor) -> list[float]:
+        """Share of images assigned to each class (argmax of the classifier)."""
+        cls = self.probs(images).argmax(-1)
+        counts = torch.bincount(cls, minlength=self.net.cfg.num_classes)
+        return (counts.float() / max(1, len(images))).tolist()
+
+    @property
+    def label(self) -> str:
+        """How metrics computed in this classifier's features are labelled: genlab-DATASET."""
+        return f"genlab-{self.dataset}"
+
     def recognised(self, images: torch.Tensor, threshold: float = 0.9) -> dict:
         """Share of images classified with confidence > threshold, and the class histogram."""
         p = self.probs(images)
