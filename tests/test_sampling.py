@@ -103,7 +103,7 @@ def test_default_outputs_go_into_the_run(run_copy, cli):
 
 def test_eval_prints_and_logs_elbo_and_iwae(run_copy, cli, snapshot, classifier):
     before = snapshot(run_copy)
-    r = cli("eval", run_copy, "--iw-samples", 5, "--n-test", 500)
+    r = cli("eval", run_copy, "--iw-samples", 5, "--n-test", 500, "--n-samples", 2000)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["kind"] == "eval" and res["dataset"] == "mnist" and res["n_test"] == 500
@@ -113,6 +113,10 @@ def test_eval_prints_and_logs_elbo_and_iwae(run_copy, cli, snapshot, classifier)
     assert res["test_neg_elbo"] == pytest.approx(res["test_bce"] + res["test_kld"])
     assert 0 <= res["samples_recognised"] <= 1
     assert sum(res["class_share"]) == pytest.approx(1.0) and len(res["class_share"]) == 10
+    # the same image metrics as a GAN's, so VAEs and GANs compare in one table
+    assert res["n_samples"] == 2000 and res["feature_space"] == "genlab-mnist"
+    assert res["FID[genlab-mnist]"] > 3 * res["FID[genlab-mnist] real-data floor"] > 0
+    assert 0 <= res["precision[genlab-mnist]"] <= 1 and 0 <= res["recall[genlab-mnist]"] <= 1
     # appended to metrics.jsonl; nothing else touched
     after = snapshot(run_copy)
     lines = after["metrics.jsonl"].decode().splitlines()

@@ -4,11 +4,13 @@
     run = genlab.train("vae", dataset="mnist", epochs=10, out="runs/my-vae")
     run.save_samples(64, "samples.png", seed=0)
     print(run.evaluate())
+    gan = genlab.train("gan", dataset="mnist", time_budget=600, out="runs/my-gan")
 """
 __version__ = "0.1.0"
 
-from .api import Run, dataset_classifier, datasets, fetch, load, save_images, train  # noqa: E402
+from .api import (Run, dataset_classifier, datasets, fetch, load, load_inception,  # noqa: E402
+                  save_images, train)
 from .errors import GenlabError  # noqa: E402
 
 __all__ = ["Run", "GenlabError", "dataset_classifier", "datasets", "fetch", "load",
-           "save_images", "train", "__version__"]
+           "load_inception", "save_images", "train", "__version__"]

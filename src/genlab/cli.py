@@ -40,13 +40,14 @@ _nonneg_float = _number(float, lambda v: v >= 0, ">= 0")
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="genlab", description=(
-        "genlab: generative AI you can run on an ordinary computer. Train a VAE on real "
-        "images in minutes, sample it, evaluate it. Every command writes into a run "
+        "genlab: generative AI you can run on an ordinary computer. Train a VAE or a GAN "
+        "on real images in minutes, sample it, evaluate it. Every command writes into a run "
         "directory (config.json, model.safetensors, metrics.jsonl, samples/, loss.png)."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  genlab data fetch mnist\n"
                "  genlab train vae --dataset mnist --epochs 10 --out runs/vae\n"
+               "  genlab train gan --dataset mnist --time-budget 600 --out runs/gan\n"
                "  genlab sample runs/vae --n 64 --out samples.png --seed 0\n"
                "  genlab eval runs/vae --iw-samples 100\n")
     p.add_argument("--version", action="version", version=f"genlab {__version__}")
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _image_opts(c)
 
     # train ----------------------------------------------------------------------------
-    t = sub.add_parser("train", help="train a model (vae)")
+    t = sub.add_parser("train", help="train a model (vae, gan)")
     tsub = t.add_subparsers(dest="family", metavar="FAMILY", parser_class=_Parser)
     tsub.required = True
     v = tsub.add_parser(
@@ -102,6 +103,54 @@ def build_parser() -> argparse.ArgumentParser:
     _train_opts(v)
     _image_opts(v)
 
+    gn = tsub.add_parser(
+        "gan", help="train a generative adversarial network",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a GAN: each iteration one discriminator step on a real and a fake batch,\n"
+        "then one generator step with the labels flipped (the lecture's algorithm).\n"
+        "Images are scaled to [-1, 1] (G ends in Tanh).\n\n"
+        "--arch sngan (default) genlab's CPU recipe: DCGAN-shaped G, spectral-norm D, hinge\n"
+        "    loss, EMA of G's weights (samples come from it), TTUR (lr 2e-4 G / 4e-4 D),\n"
+        "    Adam betas (0, 0.9), batch 64, width 32; class-conditional (projection D)\n"
+        "    when the dataset has labels (--unconditional to switch off).\n"
+        "--arch dcgan Radford et al.: BatchNorm, non-saturating loss, Adam(2e-4, 0.5), batch 64.\n"
+        "--arch mlp the lecture's networks exactly (G 100-256-256-784 LeakyReLU+BatchNorm,\n"
+        "    Tanh; D 784-256-256-1 LeakyReLU, Sigmoid; BCE; Adam). The lecture does not state\n"
+        "    lr, batch size or scaling: genlab uses 2e-4, 100 and [-1, 1].\n\n"
+        "Per epoch: D loss, G loss, mean D(x) and D(G(z)), FID on 2,000 samples in the\n"
+        "dataset classifier's features, a grid from fixed noise (samples/), metrics.jsonl,\n"
+        "loss.png, and a warning when samples collapse onto few classes.",
+        epilog="examples:\n"
+               "  genlab train gan --dataset mnist --time-budget 600 --out runs/gan\n"
+               "  genlab train gan --arch mlp --epochs 10 --out runs/lecture-gan\n"
+               "  genlab train gan --arch dcgan --dataset fashion-mnist --epochs 5\n"
+               "  genlab sample runs/gan --n 64 --out digits.png --class 7")
+    gn.add_argument("--dataset", default="mnist", help="mnist (default), fashion-mnist, folder:PATH, npy:PATH")
+    gn.add_argument("--arch", default=None, choices=["sngan", "dcgan", "mlp"],
+                    help="sngan = genlab's recipe (default); mlp = the lecture's GAN")
+    gn.add_argument("--epochs", type=_positive_int, default=None,
+                    help="epochs to train (default 10; with --time-budget alone: until the budget is spent)")
+    gn.add_argument("--batch-size", type=_positive_int, default=None, help="sngan/dcgan 64, mlp 100")
+    gn.add_argument("--lr", type=_positive_float, default=None, help="generator's Adam learning rate (default 2e-4)")
+    gn.add_argument("--lr-d", type=_positive_float, default=None,
+                    help="discriminator's learning rate (sngan 4e-4; others: same as --lr)")
+    gn.add_argument("--loss", choices=["bce", "ns", "hinge"], default=None,
+                    help="bce (mlp: the lecture's, on D's probabilities), ns (non-saturating, on "
+                    "logits; dcgan), hinge (sngan)")
+    gn.add_argument("--z-dim", type=_positive_int, default=None, help="noise dimension (default 100)")
+    gn.add_argument("--width", type=_positive_int, default=None, help="conv channels (sngan 32, dcgan 64)")
+    gn.add_argument("--ema-decay", type=_number(float, lambda v: 0 <= v < 1, "in [0, 1)"), default=None,
+                    help="EMA of G's weights, 0 = off (sngan 0.999, others 0)")
+    cond = gn.add_mutually_exclusive_group()
+    cond.add_argument("--conditional", dest="conditional", action="store_true", default=None,
+                      help="class-conditional (sngan; default when the dataset has labels)")
+    cond.add_argument("--unconditional", dest="conditional", action="store_false",
+                      help="ignore the labels")
+    gn.add_argument("--schedule", choices=["constant", "cosine", "linear"], default=None,
+                    help="learning-rate schedule (default constant)")
+    _train_opts(gn)
+    _image_opts(gn)
+
     # sample / reconstruct / interpolate / eval -----------------------------------------
     s = sub.add_parser("sample", help="draw new images from a trained run",
                        description="Write N samples: a PNG grid for FILE.png, or a float32 "
@@ -110,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive_int, default=64, help="number of samples (default 64)")
     s.add_argument("--out", required=True, help="FILE.png or FILE.npy")
     s.add_argument("--seed", type=int, default=None, help="seed for the latents (default: random)")
+    s.add_argument("--class", dest="label", default=None, metavar="CLASS",
+                   help="class-conditional GAN: the class to draw (index or name; default: all, uniformly)")
 
     r = sub.add_parser("reconstruct", help="test images and their reconstructions (alternating rows)")
     r.add_argument("run")
@@ -124,17 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--out", default=None, help="FILE.png or FILE.npy (default RUN/interpolation.png)")
     it.add_argument("--seed", type=int, default=0)
 
-    e = sub.add_parser("eval", help="evaluate a run: test negative ELBO, IWAE NLL, sample recognition",
-                       description="Test negative ELBO and the importance-weighted NLL bound "
-                       "(IWAE, K samples per image), in nats per image, plus the share of samples "
-                       "the dataset classifier recognises with confidence > 0.9. Appended to the "
-                       "run's metrics.jsonl and printed as JSON.")
+    e = sub.add_parser(
+        "eval", help="evaluate a VAE or GAN run: FID/KID/precision/recall, class coverage, ELBO",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Sample quality, for VAEs and GANs alike, in the feature space of genlab's\n"
+        "dataset classifier (labelled e.g. FID[genlab-mnist]; NOT comparable with Inception\n"
+        "FID): FID, KID, precision and recall (k-NN manifolds, k=3) of N samples against N\n"
+        "training images, each beside its real-data floor (N held-out test images against the\n"
+        "same training images), the share of samples per predicted class, and the share\n"
+        "recognised with confidence > 0.9. For a VAE also the test negative ELBO and the\n"
+        "importance-weighted NLL bound (IWAE, K samples per image), in nats per image.\n"
+        "--inception PATH adds the standard Inception FID from local weights (genlab does not\n"
+        "download them). Appended to the run's metrics.jsonl and printed as JSON.")
     e.add_argument("run")
-    e.add_argument("--iw-samples", type=_positive_int, default=100, help="K for the IWAE bound (default 100)")
-    e.add_argument("--n-test", type=_positive_int, default=None, help="use only the first N test images")
-    e.add_argument("--n-samples", type=_positive_int, default=1000, help="samples for the classifier check")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--no-classifier", action="store_true", help="skip the sample-recognition check")
+    e.add_argument("--n-samples", type=_number(int, lambda v: v >= 2, ">= 2"), default=10_000,
+                   help="generated samples (and real images) for the image metrics (default 10000)")
+    e.add_argument("--seed", type=int, default=0, help="seed for the samples and the reference images")
+    e.add_argument("--iw-samples", type=_positive_int, default=100, help="VAE: K for the IWAE bound (default 100)")
+    e.add_argument("--n-test", type=_positive_int, default=None, help="VAE: use only the first N test images")
+    e.add_argument("--no-classifier", action="store_true", help="skip the classifier-feature metrics")
+    e.add_argument("--inception", default=None, metavar="PATH",
+                   help="weights of the FID Inception network (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
     return p
 
 
@@ -184,15 +245,20 @@ def _dispatch(a) -> int:
             print(json.dumps({"dataset": clf.dataset, "test_accuracy": clf.test_accuracy}))
         return 0
     if a.cmd == "train":
-        run = api.train(a.family, dataset=a.dataset, out=a.out, arch=a.arch, epochs=a.epochs,
-                        batch_size=a.batch_size, lr=a.lr, latent_dim=a.latent_dim, beta=a.beta,
-                        schedule=a.schedule, seed=a.seed, time_budget=a.time_budget,
-                        resume=a.resume, overwrite=a.overwrite, image_size=a.image_size,
-                        channels=a.channels, progress=False if a.no_progress else None)
+        common = dict(dataset=a.dataset, out=a.out, arch=a.arch, epochs=a.epochs,
+                      batch_size=a.batch_size, lr=a.lr, schedule=a.schedule, seed=a.seed,
+                      time_budget=a.time_budget, resume=a.resume, overwrite=a.overwrite,
+                      image_size=a.image_size, channels=a.channels,
+                      progress=False if a.no_progress else None)
+        if a.family == "vae":
+            run = api.train("vae", latent_dim=a.latent_dim, beta=a.beta, **common)
+        else:
+            run = api.train("gan", loss=a.loss, lr_d=a.lr_d, z_dim=a.z_dim, width=a.width,
+                            ema_decay=a.ema_decay, conditional=a.conditional, **common)
         return 130 if (run.summary or {}).get("stopped") == "interrupt" else 0
     run = api.load(a.run)
     if a.cmd == "sample":
-        print(run.save_samples(a.n, a.out, seed=a.seed))
+        print(run.save_samples(a.n, a.out, seed=a.seed, label=a.label))
     elif a.cmd == "reconstruct":
         print(api.save_images(run.reconstruct(a.n, seed=a.seed), a.out or run.path / "reconstructions.png"))
     elif a.cmd == "interpolate":
@@ -200,7 +266,7 @@ def _dispatch(a) -> int:
                               a.out or run.path / "interpolation.png"))
     elif a.cmd == "eval":
         res = run.evaluate(iw_samples=a.iw_samples, n_test=a.n_test, n_samples=a.n_samples,
-                           seed=a.seed, classifier=not a.no_classifier)
+                           seed=a.seed, classifier=not a.no_classifier, inception=a.inception)
         print(json.dumps(res, indent=2))
     return 0
 

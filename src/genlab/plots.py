@@ -51,8 +51,10 @@ def save_array(images: torch.Tensor, path) -> Path:
     return path
 
 
-def save_loss_plot(records: list[dict], path, keys=("train_loss", "test_loss"), title: str = "") -> Path | None:
+def save_loss_plot(records: list[dict], path, keys=("train_loss", "test_loss"), title: str = "",
+                   labels: dict | None = None, ylabel: str = "loss") -> Path | None:
     """Plot per-epoch losses from metrics records (those that have an `epoch`)."""
+    labels = labels or {}
     os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib
     matplotlib.use("Agg")
@@ -65,9 +67,9 @@ def save_loss_plot(records: list[dict], path, keys=("train_loss", "test_loss"), 
     for k in keys:
         pts = [(r["epoch"], r[k]) for r in rows if k in r]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=k.replace("_", " "))
+            ax.plot(*zip(*pts), marker="o", label=labels.get(k, k.replace("_", " ")))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (nats / image)")
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)

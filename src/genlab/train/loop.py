@@ -41,6 +41,13 @@ class Task:
         """One optimisation step on a float batch; returns the batch's summed loss (0-d)."""
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """Everything besides the model's weights that resuming needs (optimisers, counters)."""
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
     def set_progress(self, fraction: float) -> None:
         """Called before each step with the fraction of training done (for schedules)."""
 
@@ -100,7 +107,7 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
         state = run.load_state()
         if state is None:
             raise GenlabError(f"{run.path}: nothing to resume (no state.pt)")
-        task.optimizer.load_state_dict(state["optimizer"])
+        task.load_state_dict(state["task"] if "task" in state else state)
         start_epoch, start_step = int(state["epoch"]), int(state["step"])
         running, elapsed = float(state["running"]), float(state["elapsed"])
         step_time = float(state.get("step_time", 0.0))
@@ -125,7 +132,7 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
 
     def save(epoch, step, gen_state, running_sum):
         run.save_weights(task.model)
-        run.save_state({"optimizer": task.optimizer.state_dict(), "epoch": epoch, "step": step,
+        run.save_state({"task": task.state_dict(), "epoch": epoch, "step": step,
                         "gen_state": gen_state, "rng_state": torch.get_rng_state(),
                         "running": running_sum, "elapsed": elapsed, "step_time": step_time})
 

@@ -1,0 +1,216 @@
+"""Generative adversarial networks: a generator G(z) and a discriminator D(x).
+
+Three architectures, all for images in [-1, 1] (G ends in Tanh):
+
+- `mlp`: the lecture's networks exactly. G 100-256-256-784 (LeakyReLU(0.2) then
+  BatchNorm1d after each hidden layer, Tanh out); D 784-256-256-1 (LeakyReLU(0.2),
+  Sigmoid out, so D returns a probability). Same layer layout (`fc` Sequentials).
+- `dcgan`: Radford et al. (2016) sized for 28x28 / 32x32 on a CPU: G projects z to
+  (2w, s/4, s/4) and upsamples with two stride-2 transposed convolutions (BatchNorm,
+  ReLU); D mirrors it with stride-2 convolutions (LeakyReLU(0.2), BatchNorm), one logit.
+- `sngan`: genlab's recipe. A DCGAN-shaped G with one more 3x3 convolution at full
+  resolution; D with spectral normalisation on every layer (Miyato et al., 2018) and no
+  BatchNorm; optionally class-conditional (G gets a label embedding, D a projection
+  term, Miyato & Koyama, 2018). D returns a logit.
+
+`GAN` bundles G, D and (for `ema`) an exponential moving average of G's weights, which
+is what samples are drawn from; one state dict holds all three.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+@dataclass
+class GANConfig:
+    arch: str = "mlp"        # "mlp" (the lecture's), "dcgan" or "sngan"
+    channels: int = 1
+    image_size: int = 28
+    z_dim: int = 100
+    hidden: int = 256        # mlp: hidden units
+    width: int = 64          # dcgan / sngan: channels of the widest-resolution layer
+    num_classes: int = 0     # > 0: class-conditional (sngan only)
+    ema: bool = False        # keep an exponential moving average of G (sampled from)
+
+    @property
+    def in_dim(self) -> int:
+        return self.channels * self.image_size * self.image_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- the lecture's networks ------------------------------------------------------------
+
+class MLPGenerator(nn.Module):
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.fc = nn.Sequential(
+            nn.Linear(cfg.z_dim, cfg.hidden),
+            nn.LeakyReLU(0.2),
+            nn.BatchNorm1d(cfg.hidden),
+            nn.Linear(cfg.hidden, cfg.hidden),
+            nn.LeakyReLU(0.2),
+            nn.BatchNorm1d(cfg.hidden),
+            nn.Linear(cfg.hidden, cfg.in_dim),
+            nn.Tanh(),
+        )
+
+    def forward(self, z, y=None):
+        c, s = self.cfg.channels, self.cfg.image_size
+        return self.fc(z).view(-1, c, s, s)
+
+
+class MLPDiscriminator(nn.Module):
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        self.fc = nn.Sequential(
+            nn.Linear(cfg.in_dim, cfg.hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(cfg.hidden, cfg.hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(cfg.hidden, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x, y=None):
+        x = x.reshape(x.size(0), -1)
+        return self.fc(x)
+
+
+# -- DCGAN ------------------------------------------------------------------------------
+
+def _base(cfg: GANConfig) -> int:
+    if cfg.image_size not in (28, 32):
+        raise ValueError(f"--arch {cfg.arch} supports 28x28 and 32x32 images, not {cfg.image_size}")
+    return cfg.image_size // 4
+
+
+class DCGenerator(nn.Module):
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        self.cfg = cfg
+        w, s = cfg.width, _base(cfg)
+        self.net = nn.Sequential(
+            nn.Linear(cfg.z_dim, 2 * w * s * s, bias=False), nn.BatchNorm1d(2 * w * s * s), nn.ReLU(),
+            nn.Unflatten(1, (2 * w, s, s)),
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+            nn.ConvTranspose2d(w, cfg.channels, 4, 2, 1),
+            nn.Tanh(),
+        )
+
+    def forward(self, z, y=None):
+        return self.net(z)
+
+
+class DCDiscriminator(nn.Module):
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        w, s = cfg.width, _base(cfg)
+        self.net = nn.Sequential(
+            nn.Conv2d(cfg.channels, w, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Linear(2 * w * s * s, 1),
+        )
+
+    def forward(self, x, y=None):
+        return self.net(x)
+
+
+# -- genlab's recipe: spectral-norm D, optional class conditioning --------------------
+
+class SNGenerator(nn.Module):
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        self.cfg = cfg
+        w, s = cfg.width, _base(cfg)
+        self.embed = nn.Embedding(cfg.num_classes, cfg.z_dim) if cfg.num_classes else None
+        self.net = nn.Sequential(
+            nn.Linear(cfg.z_dim, 2 * w * s * s, bias=False), nn.BatchNorm1d(2 * w * s * s), nn.ReLU(),
+            nn.Unflatten(1, (2 * w, s, s)),
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+            nn.ConvTranspose2d(w, w // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(w // 2), nn.ReLU(),
+            nn.Conv2d(w // 2, cfg.channels, 3, 1, 1),
+            nn.Tanh(),
+        )
+
+    def forward(self, z, y=None):
+        if self.embed is not None:
+            z = z + self.embed(y)
+        return self.net(z)
+
+
+class SNDiscriminator(nn.Module):
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        w, s = cfg.width, _base(cfg)
+        self.net = nn.Sequential(
+            spectral_norm(nn.Conv2d(cfg.channels, w, 4, 2, 1)), nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv2d(w, 2 * w, 4, 2, 1)), nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv2d(2 * w, 2 * w, 3, 1, 1)), nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            spectral_norm(nn.Linear(2 * w * s * s, 4 * w)), nn.LeakyReLU(0.2),
+        )
+        self.out = spectral_norm(nn.Linear(4 * w, 1))
+        # Projection discriminator: logit += <embed(y), h>.
+        self.embed = spectral_norm(nn.Embedding(cfg.num_classes, 4 * w)) if cfg.num_classes else None
+
+    def forward(self, x, y=None):
+        h = self.net(x)
+        out = self.out(h)
+        if self.embed is not None:
+            out = out + (self.embed(y) * h).sum(1, keepdim=True)
+        return out
+
+
+ARCHS = {"mlp": (MLPGenerator, MLPDiscriminator),
+         "dcgan": (DCGenerator, DCDiscriminator),
+         "sngan": (SNGenerator, SNDiscriminator)}
+
+
+class GAN(nn.Module):
+    """G, D and (cfg.ema) G_ema: an exponential moving average of G used for sampling."""
+
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        if cfg.arch not in ARCHS:
+            raise ValueError(f"unknown GAN architecture {cfg.arch}")
+        if cfg.num_classes and cfg.arch != "sngan":
+            raise ValueError("class conditioning needs --arch sngan")
+        self.cfg = cfg
+        g_cls, d_cls = ARCHS[cfg.arch]
+        self.G = g_cls(cfg)
+        self.D = d_cls(cfg)
+        self.G_ema = None
+        if cfg.ema:
+            self.G_ema = copy.deepcopy(self.G)
+            self.G_ema.requires_grad_(False)
+
+    @property
+    def sampler(self) -> nn.Module:
+        return self.G_ema if self.G_ema is not None else self.G
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        if self.G_ema is None:
+            return
+        ema_p, p = list(self.G_ema.parameters()), list(self.G.parameters())
+        torch._foreach_lerp_(ema_p, p, 1.0 - decay)
+        for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            be.copy_(b)
+
+    @torch.no_grad()
+    def generate(self, z, y=None):
+        """Images in [0, 1] from latents z (and labels y for a conditional GAN)."""
+        return (self.sampler(z, y) + 1) / 2
+
+
+def build_gan(cfg: GANConfig) -> GAN:
+    return GAN(cfg)

@@ -1,0 +1,187 @@
+"""The GAN's training step: one discriminator step on a real and a fake batch, then one
+generator step, as in the lecture; the loss, optimiser settings and extras (EMA of G,
+class conditioning) come from the recipe.
+
+Losses (D's output is a probability for `bce`, a logit otherwise):
+- `bce`: the lecture's. D: BCE(D(x), 1) + BCE(D(G(z)), 0); G: BCE(D(G(z)), 1) ("labels flipped").
+- `ns`: the same non-saturating loss written on logits (softplus), numerically stable.
+- `hinge`: D: relu(1 - D(x)) + relu(1 + D(G(z))); G: -D(G(z)) (Lim & Ye, 2017; SNGAN, BigGAN).
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data import ImageData
+from ..metrics.images import frechet_distance, gaussian_stats
+from ..plots import save_grid
+from ..runs import RunDir
+from .loop import Task
+from .vae import lr_factor
+
+LOSSES = ("bce", "ns", "hinge")
+
+
+def to_signed(x_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> floats in [-1, 1] (the lecture's Tanh range)."""
+    return x_uint8.float().div_(127.5).sub_(1.0)
+
+
+def _adam(params, lr, betas):
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, betas=betas)
+
+
+class GANTask(Task):
+    """`model` is a models.gan.GAN; `classifier` (optional) watches for collapse."""
+
+    def __init__(self, model, data: ImageData, loss: str = "bce", lr_g: float = 2e-4,
+                 lr_d: float = 2e-4, betas=(0.9, 0.999), ema_decay: float = 0.999,
+                 schedule: str = "constant", classifier=None, seed: int = 0,
+                 n_grid: int = 64, n_eval: int = 2000, warn=None):
+        if loss not in LOSSES:
+            raise ValueError(f"unknown GAN loss {loss}")
+        self.model = model
+        self.cfg = model.cfg
+        self.data = data
+        self.loss = loss
+        self.lr_g, self.lr_d = lr_g, lr_d
+        self.schedule = schedule
+        self.ema_decay = ema_decay
+        self.opt_g = _adam(model.G.parameters(), lr_g, tuple(betas))
+        self.opt_d = _adam(model.D.parameters(), lr_d, tuple(betas))
+        self.classifier = classifier
+        self.n_eval = n_eval
+        self.warn = warn or (lambda m: print(f"genlab: warning: {m}", file=sys.stderr, flush=True))
+        self.steps = 0
+        self._acc = torch.zeros(4, dtype=torch.float64)  # sums over images: g_loss, D(x), D(G(z)), n
+        g = torch.Generator().manual_seed(seed + 1)
+        self.grid_z = torch.randn(n_grid, self.cfg.z_dim, generator=g)  # fixed noise
+        self.grid_y = (torch.arange(n_grid) % self.cfg.num_classes) if self.cfg.num_classes else None
+        self._ref = None
+        if classifier is not None:
+            # Reference statistics for the per-epoch FID: 10,000 training images.
+            gen = torch.Generator().manual_seed(seed + 2)
+            idx = torch.randperm(len(data.train_x), generator=gen)[:10_000]
+            self._ref = gaussian_stats(classifier.features(ImageData.to_float(data.train_x[idx])))
+        self.bce = nn.BCELoss()
+
+    # -- state (resume) -------------------------------------------------------------------
+    def state_dict(self):
+        return {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "steps": self.steps, "acc": self._acc.clone()}
+
+    def load_state_dict(self, state):
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.steps = int(state["steps"])
+        self._acc = state["acc"].clone()
+
+    def set_progress(self, fraction):
+        if self.schedule != "constant":
+            f = lr_factor(self.schedule, fraction, warmup=0.0)
+            for opt, lr in ((self.opt_g, self.lr_g), (self.opt_d, self.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = lr * f
+
+    # -- one iteration ----------------------------------------------------------------------
+    def _labels(self, y, b):
+        if not self.cfg.num_classes:
+            return None, None
+        return y, torch.randint(0, self.cfg.num_classes, (b,))
+
+    def _d_out(self, x, y):
+        return self.model.D(x, y)
+
+    def train_step(self, x, y):
+        G, D = self.model.G, self.model.D
+        b = x.shape[0]
+        y_real, y_fake = self._labels(y, b)
+
+        # Discriminator: real images -> "real", generated images -> "fake".
+        z = torch.randn(b, self.cfg.z_dim)
+        with torch.no_grad():
+            fake = G(z, y_fake)
+        out_real = D(x, y_real)
+        out_fake = D(fake, y_fake)
+        if self.loss == "bce":
+            ones, zeros = torch.ones(b, 1), torch.zeros(b, 1)
+            d_loss = self.bce(out_real, ones) + self.bce(out_fake, zeros)
+        elif self.loss == "ns":
+            d_loss = F.softplus(-out_real).mean() + F.softplus(out_fake).mean()
+        else:
+            d_loss = F.relu(1 - out_real).mean() + F.relu(1 + out_fake).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+
+        # Generator: make D call fresh fakes "real" (the labels flipped).
+        z = torch.randn(b, self.cfg.z_dim)
+        if y_fake is not None:
+            y_fake = torch.randint(0, self.cfg.num_classes, (b,))
+        D.requires_grad_(False)
+        out = D(G(z, y_fake), y_fake)
+        if self.loss == "bce":
+            g_loss = self.bce(out, torch.ones(b, 1))
+        elif self.loss == "ns":
+            g_loss = F.softplus(-out).mean()
+        else:
+            g_loss = -out.mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        D.requires_grad_(True)
+
+        self.steps += 1
+        if self.model.G_ema is not None:
+            # EMA warm-up: average over the steps so far until there are enough of them.
+            self.model.update_ema(min(self.ema_decay, (1 + self.steps) / (10 + self.steps)))
+        with torch.no_grad():
+            p_real, p_fake = (out_real, out_fake) if self.loss == "bce" else \
+                (torch.sigmoid(out_real), torch.sigmoid(out_fake))
+            self._acc += torch.tensor([float(g_loss) * b, float(p_real.sum()), float(p_fake.sum()), b],
+                                      dtype=torch.float64)
+        if not math.isfinite(float(g_loss.detach())):
+            return torch.tensor(float("nan"))
+        return d_loss.detach() * b
+
+    # -- per epoch --------------------------------------------------------------------------
+    def end_epoch(self, epoch, train_loss, run: RunDir, final):
+        gl, dx, dgz, n = (self._acc / max(1.0, float(self._acc[3]))).tolist()
+        self._acc.zero_()
+        rec = {"d_loss": train_loss, "g_loss": gl, "d_real": dx, "d_fake": dgz, "iterations": self.steps}
+        save_grid(self.model.generate(self.grid_z, self.grid_y), run.samples_dir / f"epoch_{epoch:03d}.png")
+        if self.classifier is not None:
+            g = torch.Generator().manual_seed(epoch)
+            z = torch.randn(self.n_eval, self.cfg.z_dim, generator=g)
+            y = torch.randint(0, self.cfg.num_classes, (self.n_eval,), generator=g) if self.cfg.num_classes else None
+            imgs = torch.cat([self.model.generate(z[i:i + 500], None if y is None else y[i:i + 500])
+                              for i in range(0, self.n_eval, 500)])
+            feats = self.classifier.features(imgs)
+            mu, sigma = gaussian_stats(feats)
+            rec[f"fid_{self.n_eval}"] = frechet_distance(mu, sigma, *self._ref)
+            share = self.classifier.class_share(imgs)
+            rec["class_share"] = [round(s, 4) for s in share]
+            k = len(share)
+            low = [self.data.classes[i] if i < len(self.data.classes) else str(i)
+                   for i, s in enumerate(share) if s < 0.3 / k]
+            if low or max(share) > 3.0 / k:
+                top = max(range(k), key=lambda i: share[i])
+                self.warn(f"epoch {epoch}: samples collapse onto few classes "
+                          f"('{self.data.classes[top]}' {share[top]:.0%} of samples"
+                          + (f"; almost none of: {', '.join(low)}" if low else "") + ")")
+        return rec
+
+    def epoch_line(self, epoch, rec):
+        line = (f"Epoch {epoch}, D loss: {rec['train_loss']:.4f}, G loss: {rec['g_loss']:.4f}, "
+                f"D(x): {rec['d_real']:.3f}, D(G(z)): {rec['d_fake']:.3f}")
+        fid = next((k for k in rec if k.startswith("fid_")), None)
+        if fid:
+            line += f", FID[{self.classifier.label}] ({self.n_eval} samples): {rec[fid]:.2f}"
+        return line
