@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.genlab-installed
 
-.PHONY: demo test test-slow bench venv clean
+.PHONY: demo test test-slow bench bench-gan venv clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,14 @@ demo: $(STAMP)
 	@echo "  interpolation.png    walks through latent space between pairs of test digits"
 	@echo "  loss.png             train and test loss per epoch"
 	@echo "  samples/             the sample grid after every epoch (fixed latents)"
+	$(VENV)/bin/genlab train gan --dataset mnist --time-budget 120 --seed 0 --out runs/demo-gan --overwrite
+	$(VENV)/bin/genlab sample runs/demo-gan --n 100 --seed 0 --out runs/demo-gan/samples.png
+	$(VENV)/bin/genlab interpolate runs/demo-gan --out runs/demo-gan/interpolation.png
+	@echo
+	@echo "GAN demo finished (genlab's class-conditional sngan, 2 minutes). Look in runs/demo-gan/:"
+	@echo "  samples.png          100 generated digits (classes drawn uniformly)"
+	@echo "  interpolation.png    walks between random latents, one digit class per row"
+	@echo "  loss.png, samples/   D and G loss per epoch, the grid from fixed noise every epoch"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -40,6 +48,9 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/vae.py
+
+bench-gan: $(STAMP)
+	$(PY) benchmarks/gan.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
