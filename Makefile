@@ -37,7 +37,7 @@ demo: $(STAMP)
 	@echo
 	@echo "GAN demo finished (genlab's class-conditional sngan, 2 minutes). Look in runs/demo-gan/:"
 	@echo "  samples.png          100 generated digits (classes drawn uniformly)"
-	@echo "  interpolation.png    walks between random latents, one digit class per row"
+	@echo "  interpolation.png    walks between random latents (each row keeps one class label)"
 	@echo "  loss.png, samples/   D and G loss per epoch, the grid from fixed noise every epoch"
 
 test: $(STAMP)

@@ -226,6 +226,9 @@ def test_sample_and_interpolate_cli(gan_run, cli, tmp_path):
     assert r.returncode == 0 and (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = cli("interpolate", gan_run.path, "--pairs", 3, "--steps", 5, "--out", tmp_path / "walk.npy")
     assert r.returncode == 0, r.stderr
+    r = cli("interpolate", gan_run.path, "--pairs", 3, "--steps", 5, "--out", tmp_path / "walk.png")
+    from PIL import Image
+    assert Image.open(tmp_path / "walk.png").size == ((5 * 30 + 2) * 2, (3 * 30 + 2) * 2)  # a walk per row
     walk = np.load(tmp_path / "walk.npy").reshape(3, 5, 28, 28)
     # each row moves step by step: neighbours closer than the two ends
     d_end = np.abs(walk[:, 0] - walk[:, -1]).mean()

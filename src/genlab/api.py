@@ -452,10 +452,10 @@ def inception_fid(inc, data: ImageData, samples: torch.Tensor, seed: int = 0, lo
             "n_inception": n}
 
 
-def _save_images(images: torch.Tensor, out) -> Path:
+def _save_images(images: torch.Tensor, out, per_row: int | None = None) -> Path:
     out = Path(out)
     if out.suffix.lower() == ".png":
-        return save_grid(images, out)
+        return save_grid(images, out, nrow=per_row)
     if out.suffix.lower() == ".npy":
         return save_array(images, out)
     raise GenlabError(f"{out}: output must end in .png (a grid) or .npy (an array)")
@@ -475,9 +475,9 @@ def datasets() -> list[dict]:
     return list_datasets()
 
 
-def save_images(images: torch.Tensor, out) -> Path:
+def save_images(images: torch.Tensor, out, per_row: int | None = None) -> Path:
     """Write images (N, C, H, W) in [0, 1] as a PNG grid (.png) or float32 array (.npy)."""
-    return _save_images(images, out)
+    return _save_images(images, out, per_row)
 
 
 def load_inception(path):

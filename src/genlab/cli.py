@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="FILE.png or FILE.npy (default RUN/reconstructions.png)")
     r.add_argument("--seed", type=int, default=0, help="which test images (default 0)")
 
-    it = sub.add_parser("interpolate", help="walk through latent space between pairs of test images")
+    it = sub.add_parser("interpolate", help="walk through latent space (VAE: between test images; GAN: random latents)")
     it.add_argument("run")
     it.add_argument("--pairs", type=_positive_int, default=8, help="rows (default 8)")
     it.add_argument("--steps", type=_positive_int, default=10, help="images per row (default 10)")
@@ -260,10 +260,11 @@ def _dispatch(a) -> int:
     if a.cmd == "sample":
         print(run.save_samples(a.n, a.out, seed=a.seed, label=a.label))
     elif a.cmd == "reconstruct":
-        print(api.save_images(run.reconstruct(a.n, seed=a.seed), a.out or run.path / "reconstructions.png"))
+        print(api.save_images(run.reconstruct(a.n, seed=a.seed), a.out or run.path / "reconstructions.png",
+                              per_row=8))  # test images and their reconstructions in alternate rows
     elif a.cmd == "interpolate":
         print(api.save_images(run.interpolate(a.pairs, a.steps, seed=a.seed),
-                              a.out or run.path / "interpolation.png"))
+                              a.out or run.path / "interpolation.png", per_row=a.steps))  # a walk per row
     elif a.cmd == "eval":
         res = run.evaluate(iw_samples=a.iw_samples, n_test=a.n_test, n_samples=a.n_samples,
                            seed=a.seed, classifier=not a.no_classifier, inception=a.inception)
