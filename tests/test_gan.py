@@ -126,22 +126,23 @@ def test_lecture_training_step_exactly(mnist):
 
 # -- short real runs -----------------------------------------------------------------------------
 
+def _train_cli(tmp_path_factory, cli, name, *args):
+    path = tmp_path_factory.mktemp("runs") / name
+    r = cli("train", "gan", *args, "--seed", 0, "--out", path, "--no-progress")
+    assert r.returncode == 0, f"training failed:\n{r.stdout}\n{r.stderr}"
+    return type("R", (), {"path": path, "stdout": r.stdout, "stderr": r.stderr})
+
+
 @pytest.fixture(scope="session")
 def gan_run(tmp_path_factory, mnist, classifier, cli):
     """genlab's default recipe (class-conditional sngan) for one epoch on MNIST, via the CLI."""
-    path = tmp_path_factory.mktemp("runs") / "sngan-1ep"
-    r = cli("train", "gan", "--dataset", "mnist", "--epochs", 1, "--seed", 0, "--out", path, "--no-progress")
-    assert r.returncode == 0, f"training failed:\n{r.stdout}\n{r.stderr}"
-    return type("R", (), {"path": path, "stdout": r.stdout, "stderr": r.stderr})
+    return _train_cli(tmp_path_factory, cli, "sngan-1ep", "--dataset", "mnist", "--epochs", 1)
 
 
 @pytest.fixture(scope="session")
 def lecture_gan_run(tmp_path_factory, mnist, classifier, cli):
     """The lecture's GAN, 3 epochs on MNIST, via the CLI."""
-    path = tmp_path_factory.mktemp("runs") / "mlp-3ep"
-    r = cli("train", "gan", "--arch", "mlp", "--epochs", 3, "--seed", 0, "--out", path, "--no-progress")
-    assert r.returncode == 0, f"training failed:\n{r.stdout}\n{r.stderr}"
-    return type("R", (), {"path": path, "stdout": r.stdout, "stderr": r.stderr})
+    return _train_cli(tmp_path_factory, cli, "mlp-3ep", "--arch", "mlp", "--epochs", 3)
 
 
 def _epochs(path):

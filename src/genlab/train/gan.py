@@ -96,9 +96,6 @@ class GANTask(Task):
             return None, None
         return y, torch.randint(0, self.cfg.num_classes, (b,))
 
-    def _d_out(self, x, y):
-        return self.model.D(x, y)
-
     def train_step(self, x, y):
         G, D = self.model.G, self.model.D
         b = x.shape[0]
@@ -142,12 +139,13 @@ class GANTask(Task):
         if self.model.G_ema is not None:
             # EMA warm-up: average over the steps so far until there are enough of them.
             self.model.update_ema(min(self.ema_decay, (1 + self.steps) / (10 + self.steps)))
+        g = float(g_loss.detach())
         with torch.no_grad():
             p_real, p_fake = (out_real, out_fake) if self.loss == "bce" else \
                 (torch.sigmoid(out_real), torch.sigmoid(out_fake))
-            self._acc += torch.tensor([float(g_loss) * b, float(p_real.sum()), float(p_fake.sum()), b],
+            self._acc += torch.tensor([g * b, float(p_real.sum()), float(p_fake.sum()), b],
                                       dtype=torch.float64)
-        if not math.isfinite(float(g_loss.detach())):
+        if not math.isfinite(g):
             return torch.tensor(float("nan"))
         return d_loss.detach() * b
 
