@@ -27,14 +27,16 @@ GENLAB = [sys.executable, "-m", "genlab"]
 
 # -- helpers (exposed as fixtures so test files need not import conftest) ----------------
 
-def cli(*args, cwd=None, env=None, timeout=900) -> subprocess.CompletedProcess:
-    """Run `genlab ARGS...` in a fresh interpreter (this environment plus `env`) and
-    capture its output. Importable (`from conftest import cli`) and a fixture (`cli`)."""
+def cli(*args, cwd=None, env=None, timeout=900, input_text=None) -> subprocess.CompletedProcess:
+    """Run `genlab ARGS...` in a fresh interpreter (this environment plus `env`, stdin
+    `input_text`) and capture its output. Importable (`from conftest import cli`) and a
+    fixture (`cli`)."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
     return subprocess.run(GENLAB + [str(a) for a in args], capture_output=True, text=True,
-                          cwd=cwd, env=full_env, timeout=timeout)
+                          cwd=cwd, env=full_env, timeout=timeout, input=input_text,
+                          stdin=None if input_text is not None else subprocess.DEVNULL)
 
 
 _cli = cli

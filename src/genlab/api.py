@@ -33,7 +33,11 @@ from .train.vae import VAETask
 from .models.gan import ARCHS as GAN_ARCHS, GANConfig, build_gan
 from .train.gan import LOSSES as GAN_LOSSES, GANTask, to_signed as gan_to_float
 
-FAMILIES = ("vae", "gan")
+from .data.text import CORPORA, list_corpora, load_corpus
+from .lmrun import LMRun, RECIPES as LM_RECIPES, train_lm
+
+IMAGE_FAMILIES = ("vae", "gan")
+FAMILIES = IMAGE_FAMILIES + ("lm",)
 
 # The lecture's settings are the defaults of --arch mlp; --arch conv has its own recipe.
 VAE_DEFAULTS = {
@@ -72,15 +76,25 @@ def train(family: str = "vae", dataset: str = "mnist", out=None, *, arch: str | 
           latent_dim: int | None = None, beta: float = 1.0, schedule: str | None = None,
           seed: int = 0, time_budget: float | None = None, resume: bool = False,
           overwrite: bool = False, image_size: int | None = None, channels: int | None = None,
-          progress: bool | None = None, log=print, **gan_options) -> "Run":
+          progress: bool | None = None, log=print, **gan_options):
     """Train a model and return its Run. `epochs=None` means 10, or until `time_budget`
     seconds are spent when a budget is given. `resume=True` continues the run in `out`.
 
     family "vae": arch mlp (the lecture's) | conv; latent_dim, beta.
     family "gan": arch sngan (genlab's recipe, default) | dcgan | mlp (the lecture's);
     gan_options: loss, lr_d, z_dim, width, ema, conditional (see GAN_DEFAULTS).
+    family "lm": a GPT on a text corpus; see lmrun.train_lm for its options (corpus=...,
+    recipe, tokenizer, n_layer, max_iters, ...). Returns an LMRun.
     """
     _check(family in FAMILIES, f"unknown model family '{family}' (available: {', '.join(FAMILIES)})")
+    if family == "lm":
+        image_only = {"arch": arch, "epochs": epochs, "latent_dim": latent_dim, "schedule": schedule,
+                      "image_size": image_size, "channels": channels}
+        bad = [k for k, v in image_only.items() if v is not None] + (["beta"] if beta != 1.0 else [])
+        _check(not bad, f"options for image models only: {', '.join(bad)}")
+        _check(dataset == "mnist", "a language model trains on a corpus= (shakespeare, austen, kjv, text:PATH), not a dataset")
+        return train_lm(out=out, seed=seed, resume=resume, overwrite=overwrite, progress=progress, log=log,
+                        time_budget=time_budget, batch_size=batch_size, lr=lr, **gan_options)
     if resume:
         _check(out is not None, "--resume needs --out RUN (the run to continue)")
         return _resume(RunDir(out), family, epochs, time_budget, progress, log)
@@ -258,8 +272,10 @@ class Run:
         self.config = self.dir.read_config()
         self.summary = None
         self.family = self.config.get("family")
-        if self.family not in FAMILIES:
-            raise GenlabError(f"{self.path}: a '{self.family}' run; this command handles: {', '.join(FAMILIES)}")
+        if self.family not in IMAGE_FAMILIES:
+            raise GenlabError(f"{self.path}: a '{self.family}' run; this works on image models "
+                              f"({', '.join(IMAGE_FAMILIES)})"
+                              + ("; for a language model use genlab generate / chat / eval" if self.family == "lm" else ""))
         self.model = _build_model(self.path, self.config)
         self.dir.load_weights(self.model)
         self.model.eval()
@@ -461,14 +477,23 @@ def _save_images(images: torch.Tensor, out, per_row: int | None = None) -> Path:
     raise GenlabError(f"{out}: output must end in .png (a grid) or .npy (an array)")
 
 
-def load(path) -> Run:
-    """Load a run directory (same as Run.load)."""
-    return Run(path)
+def load(path):
+    """Load a run directory: a Run for image models, an LMRun for language models."""
+    d = RunDir(path).require()
+    return LMRun(path) if d.read_config().get("family") == "lm" else Run(path)
 
 
 def fetch(name: str) -> Path:
-    """Download / unpack / verify a built-in dataset into the cache."""
+    """Download / unpack / verify a built-in dataset or corpus into the cache."""
+    if name in CORPORA:
+        from .data.text import _cache_file
+        load_corpus(name)
+        return _cache_file(name)
     return _fetch(name)
+
+
+def corpora() -> list[dict]:
+    return list_corpora()
 
 
 def datasets() -> list[dict]:

@@ -52,23 +52,26 @@ def save_array(images: torch.Tensor, path) -> Path:
 
 
 def save_loss_plot(records: list[dict], path, keys=("train_loss", "test_loss"), title: str = "",
-                   labels: dict | None = None, ylabel: str = "loss") -> Path | None:
-    """Plot per-epoch losses from metrics records (those that have an `epoch`)."""
+                   labels: dict | None = None, ylabel: str = "loss", x: str = "epoch",
+                   kinds: tuple = ("epoch",)) -> Path | None:
+    """Plot losses from metrics records: `keys` against `x` (epoch, or iter for language
+    models), from the records of the given `kinds`."""
     labels = labels or {}
     os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in records if "epoch" in r and r.get("kind", "epoch") == "epoch"]
+    rows = [r for r in records if x in r and r.get("kind", "epoch") in kinds]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for k in keys:
-        pts = [(r["epoch"], r[k]) for r in rows if k in r]
+        pts = [(r[x], r[k]) for r in rows if k in r]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=labels.get(k, k.replace("_", " ")))
-    ax.set_xlabel("epoch")
+            ax.plot(*zip(*pts), marker="o" if len(pts) <= 50 else None,
+                    label=labels.get(k, k.replace("_", " ")))
+    ax.set_xlabel("iteration" if x == "iter" else x)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)

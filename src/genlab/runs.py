@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import GenlabError
@@ -125,18 +125,35 @@ class RunDir:
 
     # -- weights -----------------------------------------------------------------------
     def save_weights(self, module: torch.nn.Module, name: str = WEIGHTS) -> None:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        """Save the module's state dict. A tensor shared by two names (tied weights, e.g. a
+        GPT's embedding and output head) is stored once; the metadata records the tie."""
+        tensors, tied, seen = {}, {}, {}
+        for k, v in module.state_dict().items():
+            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype) if v.numel() else None
+            if key is not None and key in seen:
+                tied[k] = seen[key]
+                continue
+            if key is not None:
+                seen[key] = k
+            tensors[k] = v.detach().contiguous().cpu()
+        meta = {"format": "pt", "producer": "genlab"}
+        if tied:
+            meta["tied"] = json.dumps(tied, sort_keys=True)
         with atomic_path(self.path / name) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt", "producer": "genlab"})
+            save_file(tensors, str(tmp), metadata=meta)
 
     def load_weights(self, module: torch.nn.Module, name: str = WEIGHTS) -> None:
         """Load weights into `module`, checking every name and shape against it."""
         p = self.path / name
         try:
             tensors = load_file(str(p))
+            with safe_open(str(p), framework="pt") as f:
+                tied = json.loads((f.metadata() or {}).get("tied", "{}"))
+            for k, src in tied.items():
+                tensors[k] = tensors[src]
         except FileNotFoundError:
             raise GenlabError(f"{p}: missing weights file") from None
-        except (SafetensorError, OSError, ValueError) as e:
+        except (SafetensorError, OSError, ValueError, KeyError) as e:
             raise GenlabError(f"{p}: corrupt weights file ({e})") from None
         expected = module.state_dict()
         missing = sorted(set(expected) - set(tensors))

