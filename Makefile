@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.genlab-installed
 
-.PHONY: demo test test-slow bench bench-gan venv clean
+.PHONY: demo test test-slow bench bench-gan bench-lm venv clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,14 @@ demo: $(STAMP)
 	@echo "  samples.png          100 generated digits (classes drawn uniformly)"
 	@echo "  interpolation.png    walks between random latents (each row keeps one class label)"
 	@echo "  loss.png, samples/   D and G loss per epoch, the grid from fixed noise every epoch"
+	$(VENV)/bin/genlab train lm --corpus shakespeare --time-budget 120 --seed 0 --out runs/demo-lm --overwrite
+	$(VENV)/bin/genlab generate runs/demo-lm --prompt "ROMEO:" --max-new-tokens 300 --seed 0
+	@echo
+	@echo "Language-model demo finished (a character-level GPT, 2 minutes on Shakespeare; 4 plays"
+	@echo "held out). runs/demo-lm/ has the model, its tokenizer, metrics.jsonl and loss.png. Try:"
+	@echo "  .venv/bin/genlab generate runs/demo-lm --prompt \"JULIET:\" --temperature 0.8"
+	@echo "  .venv/bin/genlab chat runs/demo-lm --system \"Speak of the sea.\""
+	@echo "  .venv/bin/genlab eval runs/demo-lm"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -51,6 +59,9 @@ bench: $(STAMP)
 
 bench-gan: $(STAMP)
 	$(PY) benchmarks/gan.py
+
+bench-lm: $(STAMP)
+	$(PY) benchmarks/lm.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -5,6 +5,7 @@ speed with and without the KV cache.
     python benchmarks/lm.py                 # everything (about 15 minutes on 2 cores)
     python benchmarks/lm.py --budget 600    # the length of the "10 minutes" row
     python benchmarks/lm.py --skip-long     # leave out the 10-minute row
+    python benchmarks/lm.py --speed-only    # only the generation speeds, on the runs already there
 
 Each training runs in its own process, one after the other (never two at once). Every
 model is scored the same way: `genlab eval` over the whole held-out split (4 plays the
@@ -57,10 +58,39 @@ run = genlab.load({str(out)!r})
 res = {{}}
 for cache in (True, False):
     run.generate("ROMEO:", max_new_tokens=20, seed=0, use_cache=cache)  # warm up
-    t = time.perf_counter()
-    text = run.generate("ROMEO:", max_new_tokens={n}, temperature=0.8, top_k=200, seed=0, use_cache=cache)
-    res["cache" if cache else "no_cache"] = {n} / (time.perf_counter() - t)
+    best = float("inf")
+    for _ in range(3):  # the best of three: this machine is shared and noisy
+        t = time.perf_counter()
+        run.generate("ROMEO:", max_new_tokens={n}, temperature=0.8, top_k=200, seed=0, use_cache=cache)
+        best = min(best, time.perf_counter() - t)
+    res["cache" if cache else "no_cache"] = {n} / best
 res["sample"] = run.generate("ROMEO:", max_new_tokens={n}, temperature=0.8, top_k=200, seed=0)
+print(json.dumps(res))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if r.returncode != 0:
+        sys.exit(r.stderr)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def speed_untrained(n: int = 500) -> dict:
+    """Cache vs no cache for a larger GPT: speed does not depend on the weights."""
+    code = f"""
+import time, torch, json
+from genlab.models.gpt import GPT, GPTConfig
+torch.manual_seed(0)
+m = GPT(GPTConfig(vocab_size=80, block_size=256, n_layer=6, n_head=6, n_embd=384)).eval()
+idx = torch.tensor([[1, 2, 3]])
+res = {{}}
+for cache in (True, False):
+    g = torch.Generator().manual_seed(0)
+    list(m.generate(idx, 10, generator=g, use_cache=cache))
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        list(m.generate(idx, {n}, temperature=0.8, top_k=200, generator=g, use_cache=cache))
+        best = min(best, time.perf_counter() - t)
+    res["cache" if cache else "no_cache"] = {n} / best
 print(json.dumps(res))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -74,8 +104,12 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=600, help="seconds for the best-recipe row (default 600)")
     ap.add_argument("--skip-long", action="store_true", help="leave out the best-recipe row")
     ap.add_argument("--out", default="runs/bench-lm", help="where the runs go")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="measure generation speed on the runs a previous full run left in --out")
     a = ap.parse_args()
     base = ROOT / a.out
+    if a.speed_only:
+        return speeds(base, a.skip_long)
     sh("data", "fetch", "shakespeare")
     rows = [train_row("nanoGPT CPU recipe (--recipe nanogpt)", base / "nanogpt", "--recipe", "nanogpt")]
     t_equal = rows[0]["loop_s"]
@@ -94,14 +128,21 @@ def main() -> None:
           f"lower than nanoGPT's (target >= 0.15)")
     if not a.skip_long:
         print(f"best in {a.budget:.0f} s: held-out loss {rows[2]['val_loss']:.4f} (target <= 1.60)")
-    print("\ngeneration, 500 new tokens after 'ROMEO:' (temperature 0.8, top-k 200):")
+    speeds(base, a.skip_long)
+
+
+def speeds(base: Path, skip_long: bool) -> None:
+    print("\ngeneration, 500 new tokens after 'ROMEO:' (temperature 0.8, top-k 200; best of 3):")
     print("| model | tokens/s with KV cache | without | speed-up |")
     print("|---|---|---|---|")
     samples = {}
-    for name, out in (("nanogpt", base / "nanogpt"), ("genlab", base / ("genlab-equal" if a.skip_long else "genlab-long"))):
+    for name, out in (("nanogpt", base / "nanogpt"), ("genlab", base / ("genlab-equal" if skip_long else "genlab-long"))):
         s = speed(out)
         samples[name] = s["sample"]
         print(f"| {name} ({out.name}) | {s['cache']:.0f} | {s['no_cache']:.0f} | {s['cache'] / s['no_cache']:.1f}x |")
+    big = speed_untrained()
+    print(f"| 6L/6H/384d ctx 256 (nanoGPT's GPU config; untrained weights, speed only) | {big['cache']:.0f} | "
+          f"{big['no_cache']:.0f} | {big['cache'] / big['no_cache']:.1f}x |")
     print("\nsample from the genlab run (seed 0):\n")
     print("ROMEO:" + samples["genlab"])
 

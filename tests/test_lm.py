@@ -239,11 +239,51 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path):
         assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_gradient_accumulation_matches_the_big_batch(shakespeare):
+    """2 micro-batches of 8 accumulate to the same update as one batch of 16."""
+    from genlab.train.lm import LMTask
+    tok = train_tokenizer("char", shakespeare)
+    data = encoded_corpus(shakespeare, tok)
+    weights = []
+    for batch, accum in ((16, 1), (8, 2)):
+        torch.manual_seed(0)
+        m = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32))
+        task = LMTask(m, data, block_size=32, batch_size=batch, grad_accum=accum, lr=1e-2, warmup_iters=0)
+        losses = []
+        for it in range(3):
+            task.set_progress(it, it / 3)
+            losses.append(task.train_step())
+        weights.append((m.state_dict(), losses))
+    (a, la), (b, lb) = weights
+    assert la == pytest.approx(lb, abs=1e-5)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    run = genlab.train("lm", corpus="shakespeare", out=tmp_path / "bf16", dtype="bfloat16", max_iters=6,
+                       progress=False, log=lambda *a: None,
+                       **dict(TINY, n_layer=1, n_embd=32, batch_size=4, eval_interval=6))
+    vals = [r for r in run.dir.read_metrics() if r["kind"] == "val"]
+    assert run.config["train"]["dtype"] == "bfloat16" and math.isfinite(vals[-1]["val_loss"])
+
+
 def test_time_budget_stops_training(tmp_path):
     run = genlab.train("lm", corpus="shakespeare", out=tmp_path / "r", time_budget=3, progress=False,
                        log=lambda *a: None, **{k: v for k, v in TINY.items() if k != "recipe"})
     assert run.summary["stopped"] == "time budget" and run.summary["iters"] > 5
-    assert run.config["train"]["recipe"] == "genlab"
+    t = run.config["train"]
+    assert t["recipe"] == "genlab" and t["time_budget"] == 3 and t["max_iters"] is None
+
+
+def test_genlab_recipe_follows_the_budget():
+    from genlab.lmrun import GENLAB, GENLAB_SHORT, NANOGPT, genlab_recipe
+    assert genlab_recipe(None) is GENLAB and genlab_recipe(600) is GENLAB
+    assert genlab_recipe(120) is GENLAB_SHORT
+    assert GENLAB["time_budget"] == 600 and GENLAB["max_iters"] is None
+    assert (NANOGPT["n_layer"], NANOGPT["n_head"], NANOGPT["n_embd"], NANOGPT["block_size"],
+            NANOGPT["batch_size"], NANOGPT["max_iters"], NANOGPT["lr"], NANOGPT["dropout"]) == \
+        (4, 4, 128, 64, 12, 2000, 1e-3, 0.0)
 
 
 def test_bpe_run_trains_and_generates(tmp_path):
@@ -346,5 +386,11 @@ def test_cli_bad_inputs(cli, expect_user_error, snapshot, lm_run, trained_run, t
                       "multiple of --n-head")
     expect_user_error(cli("train", "lm", "--vocab-size", "1000", "--out", tmp_path / "o"), "--tokenizer bpe")
     expect_user_error(cli("eval", lm_run, "--text", tmp_path / "missing.txt"), "no such file")
+    expect_user_error(cli("generate", lm_run, "--system", "Soyez bref, s'il vous plaît", "--prompt", "x"),
+                      "outside", "'î'")
+    small = tmp_path / "small.txt"
+    small.write_text("".join(f"a short line number {i}\n" for i in range(20)))
+    expect_user_error(cli("train", "lm", "--corpus", f"text:{small}", "--out", tmp_path / "o"),
+                      "held-out split has", "fewer than the context window")
     expect_user_error(cli("eval", trained_run, "--text", tmp_path / "x.txt"), "language-model runs")
     assert snapshot(lm_run) == before

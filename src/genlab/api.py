@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from .metrics.elbo import iwae_nll, negative_elbo
 from .metrics.images import compare, fid, gaussian_stats
 from .models.vae import ARCHS as VAE_ARCHS, VAEConfig, build_vae
 from .plots import save_array, save_grid, save_loss_plot
-from .runs import RunDir
+from .runs import RunDir, default_run_dir
 from .train.loop import LoopConfig, fit
 from .train.vae import VAETask
 from .models.gan import ARCHS as GAN_ARCHS, GANConfig, build_gan
@@ -61,14 +60,6 @@ GAN_DEFAULTS = {
 def _check(cond, msg):
     if not cond:
         raise GenlabError(msg)
-
-
-def _default_out(family: str, dataset: str) -> Path:
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{family}-{Path(dataset.split(':', 1)[-1]).name}").strip("-")
-    out, i = Path("runs") / stem, 2
-    while RunDir(out).is_run():
-        out, i = Path("runs") / f"{stem}-{i}", i + 1
-    return out
 
 
 def train(family: str = "vae", dataset: str = "mnist", out=None, *, arch: str | None = None,
@@ -149,7 +140,7 @@ def train(family: str = "vae", dataset: str = "mnist", out=None, *, arch: str | 
                          num_classes=data.num_classes if conditional else 0, ema=g["ema_decay"] > 0)
         train_cfg.update(g)
         what = f"{'class-conditional ' if conditional else ''}{arch} GAN"
-    run = RunDir(out if out is not None else _default_out(family, dataset))
+    run = RunDir(out if out is not None else default_run_dir(family, dataset))
     run.prepare_new(overwrite=overwrite)
     config = {
         "family": family, "genlab_version": __version__, "model": mcfg.to_dict(),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,6 +65,16 @@ def write_bytes_atomic(path, data: bytes) -> None:
 
 def write_json_atomic(path, obj) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def default_run_dir(family: str, data: str) -> Path:
+    """runs/FAMILY-DATA, or runs/FAMILY-DATA-N when that run exists (DATA: a dataset or
+    corpus name, or the last part of a folder:/npy:/text: path)."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{family}-{Path(data.split(':', 1)[-1]).name}").strip("-")
+    out, i = Path("runs") / stem, 2
+    while RunDir(out).is_run():
+        out, i = Path("runs") / f"{stem}-{i}", i + 1
+    return out
 
 
 class RunDir:

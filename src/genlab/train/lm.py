@@ -20,17 +20,10 @@ def make_adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas) ->
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return _adamw(groups, lr, betas)
-
-
-def _adamw(groups, lr, betas):
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
-
-
-OPTIMIZERS = {"adamw": make_adamw}
 
 
 def lm_lr(it: int, frac: float, lr: float, min_lr: float, warmup_iters: int, schedule: str) -> float:
@@ -98,14 +91,14 @@ class LMTask(IterTask):
                  lr: float = 1e-3, min_lr: float | None = None, warmup_iters: int = 100,
                  schedule: str = "cosine", weight_decay: float = 0.1, betas=(0.9, 0.99),
                  grad_clip: float = 1.0, dtype: str = "float32", device: str = "cpu",
-                 seed: int = 0, eval_tokens: int = 65536, optimizer: str = "adamw"):
+                 seed: int = 0, eval_tokens: int = 65536):
         self.model, self.data = model, data
         self.device = torch.device(device)
         self.block, self.batch, self.accum = block_size, batch_size, grad_accum
         self.lr, self.min_lr = lr, lr / 10 if min_lr is None else min_lr
         self.warmup, self.schedule = warmup_iters, schedule
         self.grad_clip, self.dtype = grad_clip, dtype
-        self.optimizer = OPTIMIZERS[optimizer](model, lr, weight_decay, betas)
+        self.optimizer = make_adamw(model, lr, weight_decay, betas)
         self.gen = torch.Generator().manual_seed(seed)
         self.current_lr = lr
         n_train = len(data["train"])
