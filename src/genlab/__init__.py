@@ -5,12 +5,14 @@
     run.save_samples(64, "samples.png", seed=0)
     print(run.evaluate())
     gan = genlab.train("gan", dataset="mnist", time_budget=600, out="runs/my-gan")
+    lm = genlab.train("lm", corpus="shakespeare", time_budget=600, out="runs/my-lm")
+    print(lm.generate("ROMEO:", max_new_tokens=200, seed=0))
 """
 __version__ = "0.1.0"
 
-from .api import (Run, dataset_classifier, datasets, fetch, load, load_inception,  # noqa: E402
-                  save_images, train)
+from .api import (LMRun, Run, corpora, dataset_classifier, datasets, fetch, load,  # noqa: E402
+                  load_inception, save_images, train)
 from .errors import GenlabError  # noqa: E402
 
-__all__ = ["Run", "GenlabError", "dataset_classifier", "datasets", "fetch", "load",
+__all__ = ["LMRun", "Run", "GenlabError", "corpora", "dataset_classifier", "datasets", "fetch", "load",
            "load_inception", "save_images", "train", "__version__"]

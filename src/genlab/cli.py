@@ -41,7 +41,8 @@ _nonneg_float = _number(float, lambda v: v >= 0, ">= 0")
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="genlab", description=(
         "genlab: generative AI you can run on an ordinary computer. Train a VAE or a GAN "
-        "on real images in minutes, sample it, evaluate it. Every command writes into a run "
+        "on real images in minutes, sample it, evaluate it; train a GPT on a text corpus and "
+        "generate from it. Every command writes into a run "
         "directory (config.json, model.safetensors, metrics.jsonl, samples/, loss.png)."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
@@ -49,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  genlab train vae --dataset mnist --epochs 10 --out runs/vae\n"
                "  genlab train gan --dataset mnist --time-budget 600 --out runs/gan\n"
                "  genlab sample runs/vae --n 64 --out samples.png --seed 0\n"
-               "  genlab eval runs/vae --iw-samples 100\n")
+               "  genlab eval runs/vae --iw-samples 100\n"
+               "  genlab train lm --corpus shakespeare --out runs/lm\n"
+               "  genlab generate runs/lm --prompt \"ROMEO:\" --max-new-tokens 500\n")
     p.add_argument("--version", action="version", version=f"genlab {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -223,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--seed", type=int, default=0)
 
     e = sub.add_parser(
-        "eval", help="evaluate a VAE or GAN run: FID/KID/precision/recall, class coverage, ELBO",
+        "eval", help="evaluate a run: images (FID/KID/precision/recall, ELBO) or a language model "
+        "(held-out loss, perplexity, bits per character)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Sample quality, for VAEs and GANs alike, in the feature space of genlab's\n"
         "dataset classifier (labelled e.g. FID[genlab-mnist]; NOT comparable with Inception\n"
@@ -233,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
         "recognised with confidence > 0.9. For a VAE also the test negative ELBO and the\n"
         "importance-weighted NLL bound (IWAE, K samples per image), in nats per image.\n"
         "--inception PATH adds the standard Inception FID from local weights (genlab does not\n"
-        "download them). Appended to the run's metrics.jsonl and printed as JSON.")
+        "download them). Appended to the run's metrics.jsonl and printed as JSON.\n\n"
+        "For a language model: loss (nats per token), perplexity and bits per character on\n"
+        "the run's held-out documents (or --text PATH), every token scored once with a\n"
+        "sliding window of the model's context (stride: half of it).")
     e.add_argument("run")
     e.add_argument("--n-samples", type=_number(int, lambda v: v >= 2, ">= 2"), default=10_000,
                    help="generated samples (and real images) for the image metrics (default 10000)")
@@ -421,6 +428,13 @@ def _generate(run, a) -> int:
 def _chat(run, a) -> int:
     chat = run.new_chat(a.system)
     interactive = sys.stdin.isatty()
+    noted = []
+
+    def warn_once(msg):  # the window note, once per session rather than every turn
+        if not noted:
+            noted.append(msg)
+            _warn(msg)
+
     if interactive:
         print(f"chatting with {run.path} ({'system prompt set; ' if a.system else ''}/reset, /prompt, /quit; Ctrl-D ends)")
     while True:
@@ -441,7 +455,7 @@ def _chat(run, a) -> int:
             continue
         sys.stdout.write("model> " if interactive else "")
         try:
-            for piece in run.reply_stream(chat, line, **_gen_kw(a), warn=_warn):
+            for piece in run.reply_stream(chat, line, **_gen_kw(a), warn=warn_once):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         except GenlabError as e:  # a bad line ends nothing: say why and go on
