@@ -156,20 +156,21 @@ def encoded_corpus(corpus, tok, log=None) -> dict:
     for split in ("train", "val"):
         p = folder / f"{split}.bin"
         meta = folder / f"{split}.json"
-        ok = False
+        n = None
         if p.is_file() and meta.is_file():
             try:
                 m = json.loads(meta.read_text())
-                ok = m["tokens"] * np.dtype(dtype).itemsize == p.stat().st_size and m["dtype"] == np.dtype(dtype).name
+                if m["tokens"] * np.dtype(dtype).itemsize == p.stat().st_size and m["dtype"] == np.dtype(dtype).name:
+                    n = m["tokens"]
             except (ValueError, KeyError):
-                ok = False
-        if not ok:
+                pass
+        if n is None:  # not cached yet, or a damaged cache: encode (again)
             if log:
                 log(f"encoding the {split} split of {corpus.name} ({tok.kind} tokenizer) ...")
             ids = tok.encode_array(corpus.text(split))
             write_bytes_atomic(p, ids.astype(dtype).tobytes())
             write_json_atomic(meta, {"tokens": int(len(ids)), "dtype": np.dtype(dtype).name,
                                      "corpus": corpus.name, "tokenizer": tok.kind})
-        n = json.loads(meta.read_text())["tokens"]
+            n = int(len(ids))
         out[split] = np.memmap(p, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
     return out

@@ -51,13 +51,12 @@ def windows(data: np.ndarray, starts, block: int) -> tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def sliding_loss(model, data: np.ndarray, block: int, stride: int | None = None, batch: int = 32,
-                 device=None, dtype: str = "float32", max_tokens: int | None = None,
-                 progress=None) -> tuple[float, int]:
+                 device=None, progress=None) -> tuple[float, int]:
     """Mean next-token loss (nats) over `data`, each token predicted once with as much
     context as the window allows: windows of `block` tokens move by `stride` (default
     block/2) and only the tokens not scored by the previous window count.
     Returns (loss, tokens scored)."""
-    n = len(data) - 1 if max_tokens is None else min(len(data) - 1, max_tokens)
+    n = len(data) - 1
     if n < 1:
         raise ValueError("need at least two tokens")
     block = min(block, n)
@@ -74,8 +73,7 @@ def sliding_loss(model, data: np.ndarray, block: int, stride: int | None = None,
     for i in range(0, len(jobs), batch):
         chunk = jobs[i:i + batch]
         x, y = windows(data, [s for s, _ in chunk], block)
-        with autocast(dtype, device):
-            logits, _ = model(x.to(device))
+        logits, _ = model(x.to(device))
         lp = torch.log_softmax(logits.float(), dim=-1)
         nll = -lp.gather(-1, y.to(device).unsqueeze(-1)).squeeze(-1)   # (B, block)
         for row, (_, first) in zip(nll, chunk):

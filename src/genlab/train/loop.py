@@ -84,6 +84,56 @@ class _Interrupt:
         return False
 
 
+class _Clock:
+    """elapsed: wall-clock seconds of the loop, evaluation included (what --time-budget
+    limits); step_time: seconds spent in training steps alone (what benchmarks compare)."""
+
+    def __init__(self, elapsed: float = 0.0, step_time: float = 0.0):
+        self.elapsed, self.step_time = elapsed, step_time
+        self._last = time.monotonic()
+
+    def tick(self) -> float:
+        now = time.monotonic()
+        self.elapsed += now - self._last
+        self._last = now
+        return now
+
+    def step_done(self, t0: float) -> None:
+        self.step_time += self.tick() - t0
+
+
+def _progress(enabled: bool | None, total, initial: int, unit: str, log):
+    """A tqdm bar and a `say` that prints above it (when enabled, by default when stdout
+    is a terminal); else (None, log)."""
+    if not (enabled if enabled is not None else sys.stdout.isatty()):
+        return None, log
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, leave=False)
+    return bar, bar.write
+
+
+def _stop_reason(intr: _Interrupt, time_budget: float | None, elapsed: float) -> str | None:
+    if intr.hit:
+        return "interrupt"
+    if time_budget is not None and elapsed >= time_budget:
+        return "time budget"
+    return None
+
+
+def _check_finite(loss: float, where: str, run: RunDir, kept: str) -> None:
+    if not math.isfinite(loss):
+        raise GenlabError(f"training diverged: loss became {loss} at {where}; the {kept} checkpoint "
+                          f"in {run.path} is kept (try a lower --lr)")
+
+
+def _say_stopped(say, stopped: str | None, run: RunDir, time_budget, spent: str) -> None:
+    if stopped == "interrupt":
+        say(f"interrupted: the run in {run.path} is saved and usable; continue it with --resume")
+    elif stopped == "time budget":
+        say(f"time budget of {time_budget:g}s spent after {spent}; "
+            f"run saved in {run.path} (continue with --resume)")
+
+
 def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | None,
         cfg: LoopConfig, to_float, resume: bool = False, log=print) -> dict:
     """Train `task` on uint8 images `train_x`; returns a summary dict.
@@ -100,8 +150,6 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
 
     gen = torch.Generator()
     gen.manual_seed(cfg.seed)
-    # elapsed: wall-clock seconds of the loop, evaluation included (what --time-budget
-    # limits); step_time: seconds spent in training steps alone (what benchmarks compare).
     start_epoch, start_step, running, elapsed, step_time = 1, 0, 0.0, 0.0, 0.0
     if resume:
         state = run.load_state()
@@ -119,22 +167,14 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
     else:
         torch.manual_seed(cfg.seed)
 
-    show_bar = cfg.progress if cfg.progress is not None else sys.stdout.isatty()
-    bar = None
-    if show_bar:
-        from tqdm import tqdm
-        bar = tqdm(total=None if cfg.epochs is None else total_steps, unit="step",
-                   initial=(start_epoch - 1) * steps_per_epoch + start_step,
-                   dynamic_ncols=True, leave=False)
-        say = bar.write
-    else:
-        say = log
+    bar, say = _progress(cfg.progress, None if cfg.epochs is None else total_steps,
+                         (start_epoch - 1) * steps_per_epoch + start_step, "step", log)
 
     def save(epoch, step, gen_state, running_sum):
         run.save_weights(task.model)
         run.save_state({"task": task.state_dict(), "epoch": epoch, "step": step,
                         "gen_state": gen_state, "rng_state": torch.get_rng_state(),
-                        "running": running_sum, "elapsed": elapsed, "step_time": step_time})
+                        "running": running_sum, "elapsed": clock.elapsed, "step_time": clock.step_time})
 
     stopped = None
     steps_taken = 0  # in this call
@@ -142,7 +182,7 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
     # Denormal floats make CPU kernels (convolutions above all) several times slower and
     # carry no useful signal in training; flush them to zero while we train.
     torch.set_flush_denormal(True)
-    t_last = time.monotonic()
+    clock = _Clock(elapsed, step_time)
     with _Interrupt() as intr:
         try:
             while epoch <= epochs and stopped is None:
@@ -152,31 +192,22 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
                 running = running if epoch == start_epoch else 0.0
                 task.model.train()
                 while step < steps_per_epoch:
-                    if intr.hit:
-                        stopped = "interrupt"
-                        break
-                    if cfg.time_budget is not None and elapsed >= cfg.time_budget:
-                        stopped = "time budget"
+                    stopped = _stop_reason(intr, cfg.time_budget, clock.elapsed)
+                    if stopped:
                         break
                     done = ((epoch - 1) * steps_per_epoch + step) / total_steps
                     if cfg.time_budget is not None:
-                        done = max(done, elapsed / cfg.time_budget)
+                        done = max(done, clock.elapsed / cfg.time_budget)
                     task.set_progress(min(done, 1.0))
                     t0 = time.monotonic()
                     idx = perm[step * bs:(step + 1) * bs]
                     yb = None if train_y is None else train_y[idx]
                     loss = float(task.train_step(to_float(train_x[idx]), yb))
-                    if not math.isfinite(loss):
-                        raise GenlabError(
-                            f"training diverged: loss became {loss} at epoch {epoch}, step {step + 1}; "
-                            f"the last good checkpoint in {run.path} is kept (try a lower --lr)")
+                    _check_finite(loss, f"epoch {epoch}, step {step + 1}", run, "last good")
                     running += loss
                     step += 1
                     steps_taken += 1
-                    now = time.monotonic()
-                    step_time += now - t0
-                    elapsed += now - t_last
-                    t_last = now
+                    clock.step_done(t0)
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix_str(f"epoch {epoch} loss {running / min(n, step * bs):.2f}")
@@ -184,13 +215,11 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
                     if stopped == "time budget" and steps_taken > 0:
                         # Finish cleanly: evaluate the model as it stands, then save.
                         _end_epoch(task, run, epoch, running / min(n, step * bs),
-                                   step / steps_per_epoch, step_time, say)
+                                   step / steps_per_epoch, clock.step_time, say)
                     save(epoch, step, gen_state, running)
                     break
-                _end_epoch(task, run, epoch, running / n, 1.0, step_time, say)
-                now = time.monotonic()
-                elapsed += now - t_last
-                t_last = now
+                _end_epoch(task, run, epoch, running / n, 1.0, clock.step_time, say)
+                clock.tick()
                 save(epoch + 1, 0, gen.get_state(), 0.0)
                 epoch += 1
                 if intr.hit:
@@ -199,12 +228,9 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
             torch.set_flush_denormal(False)
             if bar is not None:
                 bar.close()
-    if stopped == "interrupt":
-        say(f"interrupted: the run in {run.path} is saved and usable; continue it with --resume")
-    elif stopped == "time budget":
-        say(f"time budget of {cfg.time_budget:g}s spent after {elapsed:.1f}s of training; "
-            f"run saved in {run.path} (continue with --resume)")
-    return {"epochs": epoch - 1, "stopped": stopped, "wall_seconds": elapsed, "step_seconds": step_time}
+    _say_stopped(say, stopped, run, cfg.time_budget, f"{clock.elapsed:.1f}s of training")
+    return {"epochs": epoch - 1, "stopped": stopped, "wall_seconds": clock.elapsed,
+            "step_seconds": clock.step_time}
 
 
 def _end_epoch(task, run, epoch, train_loss, fraction, step_time, say):
@@ -291,19 +317,13 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
     else:
         torch.manual_seed(cfg.seed)
 
-    show_bar = cfg.progress if cfg.progress is not None else sys.stdout.isatty()
-    bar = None
-    if show_bar:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.max_iters, initial=it, unit="it", dynamic_ncols=True, leave=False)
-        say = bar.write
-    else:
-        say = log
+    bar, say = _progress(cfg.progress, cfg.max_iters, it, "it", log)
+    clock = _Clock(elapsed, step_time)
 
     def save():
         run.save_weights(task.model, LAST)
-        run.save_state({"task": task.state_dict(), "iter": it, "elapsed": elapsed,
-                        "step_time": step_time, "best_val_loss": best,
+        run.save_state({"task": task.state_dict(), "iter": it, "elapsed": clock.elapsed,
+                        "step_time": clock.step_time, "best_val_loss": best,
                         "rng_state": torch.get_rng_state()})
 
     def evaluate():
@@ -317,55 +337,43 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
         if improved:
             best = rec["val_loss"]
             run.save_weights(task.model)
-        rec = {"kind": "val", "iter": it, **rec, "best": improved, "elapsed": round(elapsed, 2)}
+        rec = {"kind": "val", "iter": it, **rec, "best": improved, "elapsed": round(clock.elapsed, 2)}
         run.append_metrics(rec)
         say(f"iter {it}: val loss {rec['val_loss']:.4f}" + ("  (best so far, saved)" if improved else ""))
         return rec
 
     stopped, steps_taken, last_eval = None, 0, it if resume else -1
-    t_last = time.monotonic()
     with _Interrupt() as intr:
         try:
             task.model.train()
             while cfg.max_iters is None or it < cfg.max_iters:
-                if intr.hit:
-                    stopped = "interrupt"
-                    break
-                if cfg.time_budget is not None and elapsed >= cfg.time_budget:
-                    stopped = "time budget"
+                stopped = _stop_reason(intr, cfg.time_budget, clock.elapsed)
+                if stopped:
                     break
                 frac = 0.0 if cfg.max_iters is None else it / cfg.max_iters
                 if cfg.time_budget is not None:
-                    frac = max(frac, elapsed / cfg.time_budget)
+                    frac = max(frac, clock.elapsed / cfg.time_budget)
                 task.set_progress(it, min(frac, 1.0))
                 t0 = time.monotonic()
                 loss = float(task.train_step())
-                if not math.isfinite(loss):
-                    raise GenlabError(
-                        f"training diverged: loss became {loss} at iteration {it + 1}; the best "
-                        f"checkpoint in {run.path} is kept (try a lower --lr)")
+                _check_finite(loss, f"iteration {it + 1}", run, "best")
                 it += 1
                 steps_taken += 1
-                now = time.monotonic()
-                step_time += now - t0
-                elapsed += now - t_last
-                t_last = now
+                clock.step_done(t0)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(f"loss {loss:.4f}")
                 if it % cfg.log_interval == 0 or it == 1:
                     extra = task.log_fields()
                     run.append_metrics({"kind": "iter", "iter": it, "loss": loss, **extra,
-                                        "elapsed": round(elapsed, 2)})
+                                        "elapsed": round(clock.elapsed, 2)})
                     say(f"iter {it}: loss {loss:.4f}" + "".join(f", {k} {v:.3g}" for k, v in extra.items())
-                        + f", {elapsed:.0f}s")
+                        + f", {clock.elapsed:.0f}s")
                 if it % cfg.eval_interval == 0:
                     evaluate()
                     last_eval = it
                     save()
-                    now = time.monotonic()
-                    elapsed += now - t_last
-                    t_last = now
+                    clock.tick()
             if steps_taken and last_eval != it and stopped != "interrupt":
                 evaluate()
             if not run.path.joinpath("model.safetensors").is_file():
@@ -374,10 +382,6 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
         finally:
             if bar is not None:
                 bar.close()
-    if stopped == "interrupt":
-        say(f"interrupted: the run in {run.path} is saved and usable; continue it with --resume")
-    elif stopped == "time budget":
-        say(f"time budget of {cfg.time_budget:g}s spent after {it} iterations; "
-            f"run saved in {run.path} (continue with --resume)")
-    return {"iters": it, "stopped": stopped, "wall_seconds": elapsed, "step_seconds": step_time,
-            "best_val_loss": best}
+    _say_stopped(say, stopped, run, cfg.time_budget, f"{it} iterations")
+    return {"iters": it, "stopped": stopped, "wall_seconds": clock.elapsed,
+            "step_seconds": clock.step_time, "best_val_loss": best}
