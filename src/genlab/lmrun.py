@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -25,7 +23,8 @@ from .data.text import load_corpus
 from .data.tokenizer import (KINDS as TOKENIZER_KINDS, encoded_corpus, load_tokenizer,
                              save_tokenizer, train_tokenizer)
 from .errors import GenlabError
-from .llm.chat import PLAIN_TEMPLATE, Chat, ChatTemplate
+from .llm.chat import PLAIN_TEMPLATE, ChatTemplate
+from .llm.generate import TextModel
 from .models.gpt import GPT, GPTConfig
 from .plots import save_loss_plot
 from .runs import RunDir, default_run_dir
@@ -231,7 +230,7 @@ def _fit(run: RunDir, config: dict, model: GPT, data: dict, resume: bool, progre
     return r
 
 
-class LMRun:
+class LMRun(TextModel):
     """A trained language-model run: its GPT (best checkpoint), tokenizer and chat template."""
 
     family = "lm"
@@ -252,82 +251,23 @@ class LMRun:
     def block_size(self) -> int:
         return self.model.cfg.block_size
 
-    # -- generation --------------------------------------------------------------------
+    # -- generation (TextModel supplies stream, generate, new_chat, reply) -----------------
+    @property
+    def context(self) -> int:
+        return self.model.cfg.block_size
+
     def encode_prompt(self, prompt: str) -> list:
         _check(isinstance(prompt, str) and prompt != "",
                "the prompt is empty: give some text to continue (e.g. --prompt \"ROMEO:\" or a newline)")
         return self.tokenizer.encode_array(prompt).tolist()
 
-    def stream(self, prompt: str, max_new_tokens: int = 500, temperature: float = 0.8,
-               top_k: int | None = 200, top_p: float | None = None, seed: int | None = None,
-               use_cache: bool = True, stop: str | None = None, warn=None) -> Iterator[str]:
-        """Yield the generated text piece by piece as tokens come (greedy at temperature 0).
-        Longer than the context window, the window slides over the most recent tokens.
-        With `stop`, generation ends where that string appears (it is not yielded)."""
-        _check(isinstance(max_new_tokens, int) and max_new_tokens >= 1,
-               f"--max-new-tokens must be a whole number >= 1, not {max_new_tokens}")
-        _check(temperature >= 0, f"--temperature must be >= 0, not {temperature}")
-        _check(top_k is None or (isinstance(top_k, int) and top_k >= 1), f"--top-k must be >= 1, not {top_k}")
-        _check(top_p is None or 0 < top_p <= 1, f"--top-p must be in (0, 1], not {top_p}")
-        ids = self.encode_prompt(prompt)
-        if warn and len(ids) + max_new_tokens > self.block_size:
-            warn(f"prompt + new tokens ({len(ids)} + {max_new_tokens}) exceed the context of "
-                 f"{self.block_size} tokens: the window slides (the model sees only the most recent "
-                 f"{self.block_size}{' (a quarter less right after a slide, with the KV cache)' if use_cache else ''})")
-        g = torch.Generator().manual_seed(seed if seed is not None else int(time.time_ns() % 2**31))
+    def decode(self, ids: list) -> str:
+        return self.tokenizer.decode(ids)
+
+    def _token_ids(self, ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache):
         idx = torch.tensor([ids], device=self.device)
-        pending, held = [], ""
-        for tok in self.model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                                       top_p=top_p, generator=g, use_cache=use_cache):
-            pending.append(tok)
-            piece = self.tokenizer.decode(pending)
-            if piece.endswith("\ufffd") and len(pending) < 8:
-                continue  # a byte-level token ended mid-character: wait for the rest
-            pending = []
-            if stop is not None:
-                held += piece
-                cut = held.find(stop)
-                if cut >= 0:
-                    if held[:cut]:
-                        yield held[:cut]
-                    return
-                # hold back what could be the start of the stop string
-                keep = next((k for k in range(min(len(stop) - 1, len(held)), 0, -1)
-                             if stop.startswith(held[-k:])), 0)
-                piece, held = held[:len(held) - keep], held[len(held) - keep:]
-            if piece:
-                yield piece
-        if held:
-            yield held
-
-    def generate(self, prompt: str, max_new_tokens: int = 500, **kw) -> str:
-        """The generated continuation of `prompt` (the prompt not included)."""
-        return "".join(self.stream(prompt, max_new_tokens, **kw))
-
-    # -- chat ---------------------------------------------------------------------------
-    def new_chat(self, system: str | None = None) -> Chat:
-        if system is not None:
-            _check(system.strip() != "", "--system is empty: give the system prompt's text or leave it out")
-            self.encode_prompt(system)  # refuse characters the model cannot read, up front
-        return Chat(self.template, system)
-
-    def reply_stream(self, chat: Chat, user: str, max_new_tokens: int = 300, **kw) -> Iterator[str]:
-        """Add the user's turn, stream the model's reply (ending at the template's stop
-        string), then add the reply to the transcript."""
-        _check(isinstance(user, str) and user.strip() != "", "empty message")
-        chat.add("user", user)
-        parts = []
-        try:
-            for piece in self.stream(chat.prompt(), max_new_tokens, stop=chat.template.stop, **kw):
-                parts.append(piece)
-                yield piece
-        except GenlabError:
-            chat.messages.pop()  # the turn did not happen
-            raise
-        chat.add("assistant", "".join(parts).strip())
-
-    def reply(self, chat: Chat, user: str, **kw) -> str:
-        return "".join(self.reply_stream(chat, user, **kw)).strip()
+        return self.model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, generator=generator, use_cache=use_cache)
 
     # -- evaluation -----------------------------------------------------------------------
     @torch.no_grad()

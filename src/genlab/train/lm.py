@@ -84,21 +84,66 @@ def sliding_loss(model, data: np.ndarray, block: int, stride: int | None = None,
     return total / count, count
 
 
-class LMTask(IterTask):
-    def __init__(self, model, data: dict, *, block_size: int, batch_size: int, grad_accum: int = 1,
-                 lr: float = 1e-3, min_lr: float | None = None, warmup_iters: int = 100,
-                 schedule: str = "cosine", weight_decay: float = 0.1, betas=(0.9, 0.99),
-                 grad_clip: float = 1.0, dtype: str = "float32", device: str = "cpu",
-                 seed: int = 0, eval_tokens: int = 65536):
-        self.model, self.data = model, data
+class StepTask(IterTask):
+    """An optimisation step shared by language-model trainers: AdamW on the parameters that
+    require grad, warmup + cosine schedule, gradient accumulation and clipping, autocast.
+    A subclass supplies `batch_loss()` (drawing its batch with `self.gen`) and `evaluate()`."""
+
+    def __init__(self, model, *, batch_size: int, grad_accum: int = 1, lr: float = 1e-3,
+                 min_lr: float | None = None, warmup_iters: int = 100, schedule: str = "cosine",
+                 weight_decay: float = 0.1, betas=(0.9, 0.99), grad_clip: float = 1.0,
+                 dtype: str = "float32", device: str = "cpu", seed: int = 0, checkpoint=None):
+        self.model = model
+        self.checkpoint = checkpoint if checkpoint is not None else model
         self.device = torch.device(device)
-        self.block, self.batch, self.accum = block_size, batch_size, grad_accum
+        self.batch, self.accum = batch_size, grad_accum
         self.lr, self.min_lr = lr, lr / 10 if min_lr is None else min_lr
         self.warmup, self.schedule = warmup_iters, schedule
         self.grad_clip, self.dtype = grad_clip, dtype
         self.optimizer = make_adamw(model, lr, weight_decay, betas)
         self.gen = torch.Generator().manual_seed(seed)
         self.current_lr = lr
+
+    def set_progress(self, iteration: int, fraction: float) -> None:
+        self.current_lr = lm_lr(iteration, fraction, self.lr, self.min_lr, self.warmup, self.schedule)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.current_lr
+
+    def batch_loss(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_step(self) -> float:
+        total = 0.0
+        for _ in range(self.accum):
+            with autocast(self.dtype, self.device):
+                loss = self.batch_loss()
+            (loss / self.accum).backward()
+            total += float(loss.detach())
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                           self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / self.accum
+
+    def log_fields(self) -> dict:
+        return {"lr": self.current_lr}
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "gen_state": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["gen_state"])
+
+
+class LMTask(StepTask):
+    """Next-token prediction on random windows of an encoded corpus."""
+
+    def __init__(self, model, data: dict, *, block_size: int, eval_tokens: int = 65536,
+                 eval_batch: int = 64, **kw):
+        super().__init__(model, **kw)
+        self.data, self.block, self.eval_batch = data, block_size, eval_batch
         n_train = len(data["train"])
         if n_train <= block_size + 1:
             raise ValueError(f"the training split has {n_train} tokens; it needs more than the "
@@ -112,50 +157,22 @@ class LMTask(IterTask):
         k = max(1, min(eval_tokens // block_size, hi + 1))
         self.eval_starts = np.linspace(0, hi, k).round().astype(np.int64).tolist()
 
-    def set_progress(self, iteration: int, fraction: float) -> None:
-        self.current_lr = lm_lr(iteration, fraction, self.lr, self.min_lr, self.warmup, self.schedule)
-        for g in self.optimizer.param_groups:
-            g["lr"] = self.current_lr
-
-    def _batch(self):
+    def batch_loss(self) -> torch.Tensor:
         hi = len(self.data["train"]) - self.block - 1
         starts = torch.randint(0, hi + 1, (self.batch,), generator=self.gen).tolist()
         x, y = windows(self.data["train"], starts, self.block)
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def train_step(self) -> float:
-        total = 0.0
-        for _ in range(self.accum):
-            x, y = self._batch()
-            with autocast(self.dtype, self.device):
-                _, loss = self.model(x, y)
-            (loss / self.accum).backward()
-            total += float(loss.detach())
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return total / self.accum
+        _, loss = self.model(x.to(self.device), y.to(self.device))
+        return loss
 
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Mean loss over every position of the fixed held-out windows (nanoGPT's estimate,
         without its randomness). `genlab eval` scores the whole split instead."""
         total, n = 0.0, 0
-        for i in range(0, len(self.eval_starts), 64):
-            x, y = windows(self.data["val"], self.eval_starts[i:i + 64], self.block)
+        for i in range(0, len(self.eval_starts), self.eval_batch):
+            x, y = windows(self.data["val"], self.eval_starts[i:i + self.eval_batch], self.block)
             with autocast(self.dtype, self.device):
                 _, loss = self.model(x.to(self.device), y.to(self.device))
             total += float(loss) * y.numel()
             n += y.numel()
         return {"val_loss": total / n, "val_tokens": n}
-
-    def log_fields(self) -> dict:
-        return {"lr": self.current_lr}
-
-    def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "gen_state": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.gen.set_state(state["gen_state"])

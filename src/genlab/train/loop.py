@@ -268,6 +268,7 @@ class IterTask:
     """What an iteration-based family supplies: it draws its own batches."""
 
     model: torch.nn.Module
+    checkpoint: torch.nn.Module  # what the checkpoints hold (the model, or only what trains)
 
     def train_step(self) -> float:
         """One optimisation step (all micro-batches); returns the mean training loss."""
@@ -306,7 +307,7 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
         state = run.load_state()
         if state is None:
             raise GenlabError(f"{run.path}: nothing to resume (no state.pt)")
-        run.load_weights(task.model, LAST)
+        run.load_weights(task.checkpoint, LAST)
         task.load_state_dict(state["task"])
         it, elapsed = int(state["iter"]), float(state["elapsed"])
         step_time, best = float(state["step_time"]), float(state["best_val_loss"])
@@ -321,7 +322,7 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
     clock = _Clock(elapsed, step_time)
 
     def save():
-        run.save_weights(task.model, LAST)
+        run.save_weights(task.checkpoint, LAST)
         run.save_state({"task": task.state_dict(), "iter": it, "elapsed": clock.elapsed,
                         "step_time": clock.step_time, "best_val_loss": best,
                         "rng_state": torch.get_rng_state()})
@@ -336,7 +337,7 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
         improved = rec["val_loss"] < best
         if improved:
             best = rec["val_loss"]
-            run.save_weights(task.model)
+            run.save_weights(task.checkpoint)
         rec = {"kind": "val", "iter": it, **rec, "best": improved, "elapsed": round(clock.elapsed, 2)}
         run.append_metrics(rec)
         say(f"iter {it}: val loss {rec['val_loss']:.4f}" + ("  (best so far, saved)" if improved else ""))
@@ -377,7 +378,7 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
             if steps_taken and last_eval != it and stopped != "interrupt":
                 evaluate()
             if not run.path.joinpath("model.safetensors").is_file():
-                run.save_weights(task.model)  # stopped before any evaluation: keep it usable
+                run.save_weights(task.checkpoint)  # stopped before any evaluation: keep it usable
             save()
         finally:
             if bar is not None:

@@ -1,0 +1,116 @@
+"""What every language model genlab can talk to shares: streaming generation with the
+same sampling options, chat with a hidden system prompt, and the checks on their input.
+
+`TextModel` is the base of a genlab GPT run (`LMRun`) and of a Hugging Face causal LM
+(`HFModel`, for SmolLM2, any local HF directory and fine-tuned runs). A subclass supplies
+`encode_prompt`, `decode`, `context`, `template` and `_token_ids` (the token-by-token
+generator); everything the user sees is written once, here.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import torch
+
+from ..errors import GenlabError
+from .chat import Chat
+
+
+def _check(cond, msg):
+    if not cond:
+        raise GenlabError(msg)
+
+
+class TextModel:
+    template = None     # a ChatTemplate-like object: render(system, messages), stop
+    context: int = 0    # tokens the model reads at once
+
+    # -- what a subclass supplies ---------------------------------------------------------
+    def encode_prompt(self, prompt: str) -> list:
+        raise NotImplementedError
+
+    def decode(self, ids: list) -> str:
+        raise NotImplementedError
+
+    def _token_ids(self, ids: list, max_new_tokens: int, temperature: float, top_k, top_p,
+                   generator: torch.Generator, use_cache: bool) -> Iterator[int]:
+        raise NotImplementedError
+
+    def _window_note(self, n_prompt: int, max_new_tokens: int, use_cache: bool) -> str | None:
+        """A note for the user when prompt + new tokens exceed the context (None: fine).
+        Every model here slides its window the same way: with the KV cache, once the window
+        is full it is refilled with its most recent three quarters."""
+        if n_prompt + max_new_tokens <= self.context:
+            return None
+        return (f"prompt + new tokens ({n_prompt} + {max_new_tokens}) exceed the context of "
+                f"{self.context} tokens: the window slides (the model sees only the most recent "
+                f"{self.context}{' (a quarter less right after a slide, with the KV cache)' if use_cache else ''})")
+
+    # -- generation ----------------------------------------------------------------------------
+    def stream(self, prompt: str, max_new_tokens: int = 500, temperature: float = 0.8,
+               top_k: int | None = 200, top_p: float | None = None, seed: int | None = None,
+               use_cache: bool = True, stop: str | None = None, warn=None) -> Iterator[str]:
+        """Yield the generated text piece by piece as tokens come (greedy at temperature 0).
+        With `stop`, generation ends where that string appears (it is not yielded)."""
+        _check(isinstance(max_new_tokens, int) and max_new_tokens >= 1,
+               f"--max-new-tokens must be a whole number >= 1, not {max_new_tokens}")
+        _check(temperature >= 0, f"--temperature must be >= 0, not {temperature}")
+        _check(top_k is None or (isinstance(top_k, int) and top_k >= 1), f"--top-k must be >= 1, not {top_k}")
+        _check(top_p is None or 0 < top_p <= 1, f"--top-p must be in (0, 1], not {top_p}")
+        ids = self.encode_prompt(prompt)
+        note = self._window_note(len(ids), max_new_tokens, use_cache)
+        if warn and note:
+            warn(note)
+        g = torch.Generator().manual_seed(seed if seed is not None else int(time.time_ns() % 2**31))
+        pending, held = [], ""
+        for tok in self._token_ids(ids, max_new_tokens, temperature, top_k, top_p, g, use_cache):
+            pending.append(tok)
+            piece = self.decode(pending)
+            if piece.endswith("\ufffd") and len(pending) < 8:
+                continue  # a byte-level token ended mid-character: wait for the rest
+            pending = []
+            if stop is not None:
+                held += piece
+                cut = held.find(stop)
+                if cut >= 0:
+                    if held[:cut]:
+                        yield held[:cut]
+                    return
+                # hold back what could be the start of the stop string
+                keep = next((k for k in range(min(len(stop) - 1, len(held)), 0, -1)
+                             if stop.startswith(held[-k:])), 0)
+                piece, held = held[:len(held) - keep], held[len(held) - keep:]
+            if piece:
+                yield piece
+        if held:
+            yield held
+
+    def generate(self, prompt: str, max_new_tokens: int = 500, **kw) -> str:
+        """The generated continuation of `prompt` (the prompt not included)."""
+        return "".join(self.stream(prompt, max_new_tokens, **kw))
+
+    # -- chat ---------------------------------------------------------------------------
+    def new_chat(self, system: str | None = None) -> Chat:
+        if system is not None:
+            _check(system.strip() != "", "--system is empty: give the system prompt's text or leave it out")
+            self.encode_prompt(system)  # refuse text the model cannot read, up front
+        return Chat(self.template, system)
+
+    def reply_stream(self, chat: Chat, user: str, max_new_tokens: int = 300, **kw) -> Iterator[str]:
+        """Add the user's turn, stream the model's reply (ending at the template's stop
+        string or the model's end-of-turn token), then add the reply to the transcript."""
+        _check(isinstance(user, str) and user.strip() != "", "empty message")
+        chat.add("user", user)
+        parts = []
+        try:
+            for piece in self.stream(chat.prompt(), max_new_tokens, stop=chat.template.stop, **kw):
+                parts.append(piece)
+                yield piece
+        except GenlabError:
+            chat.messages.pop()  # the turn did not happen
+            raise
+        chat.add("assistant", "".join(parts).strip())
+
+    def reply(self, chat: Chat, user: str, **kw) -> str:
+        return "".join(self.reply_stream(chat, user, **kw)).strip()
