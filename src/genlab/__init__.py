@@ -7,12 +7,15 @@
     gan = genlab.train("gan", dataset="mnist", time_budget=600, out="runs/my-gan")
     lm = genlab.train("lm", corpus="shakespeare", time_budget=600, out="runs/my-lm")
     print(lm.generate("ROMEO:", max_new_tokens=200, seed=0))
+    smol = genlab.load_model("smollm2")          # a real foundation model, offline
+    ft = genlab.finetune("smollm2", "shakespeare", method="lora", time_budget=300, out="runs/ft")
 """
 __version__ = "0.1.0"
 
-from .api import (LMRun, Run, corpora, dataset_classifier, datasets, fetch, load,  # noqa: E402
-                  load_inception, save_images, train)
+from .api import (LMRun, Run, corpora, dataset_classifier, datasets, export, fetch,  # noqa: E402
+                  finetune, load, load_inception, load_model, merge, models, save_images, train)
 from .errors import GenlabError  # noqa: E402
 
-__all__ = ["LMRun", "Run", "GenlabError", "corpora", "dataset_classifier", "datasets", "fetch", "load",
-           "load_inception", "save_images", "train", "__version__"]
+__all__ = ["LMRun", "Run", "GenlabError", "corpora", "dataset_classifier", "datasets", "export", "fetch",
+           "finetune", "load", "load_inception", "load_model", "merge", "models", "save_images", "train",
+           "__version__"]

@@ -469,9 +469,56 @@ def _save_images(images: torch.Tensor, out, per_row: int | None = None) -> Path:
 
 
 def load(path):
-    """Load a run directory: a Run for image models, an LMRun for language models."""
+    """Load a run directory: a Run for image models, an LMRun for language models, a
+    FinetunedModel for fine-tuning runs, a RewardModel for reward models."""
     d = RunDir(path).require()
-    return LMRun(path) if d.read_config().get("family") == "lm" else Run(path)
+    fam = d.read_config().get("family")
+    if fam == "lm":
+        return LMRun(path)
+    if fam == "finetune":
+        from .llm.finetune import load_finetuned
+        return load_finetuned(path)
+    if fam == "reward":
+        from .llm.reward import RewardModel
+        return RewardModel(path)
+    return Run(path)
+
+
+def load_model(spec: str, log=print):
+    """Any language model: a genlab run, `smollm2`, a Hugging Face directory (or, online,
+    a Hub id), a fine-tuning run or a PEFT adapter directory. All share stream / generate /
+    new_chat / reply."""
+    from .llm.finetune import load_text_model
+    return load_text_model(spec, log=log)
+
+
+def models() -> list[dict]:
+    """The built-in foundation models and whether they are installed / converted."""
+    from .llm.hf import list_models
+    return list_models()
+
+
+def finetune(model: str, data: str, out=None, **kw):
+    """Fine-tune a foundation model or a genlab run (see genlab.llm.finetune)."""
+    from .llm.finetune import finetune as _finetune
+    return _finetune(model, data, out, **kw)
+
+
+def merge(run, out=None, overwrite: bool = False, log=print) -> Path:
+    """Fold a LoRA run's adapter into the base weights (a Hugging Face directory)."""
+    from .llm.finetune import merge as _merge
+    return _merge(run, out, overwrite=overwrite, log=log)
+
+
+def export(run, out, format: str = "hf", overwrite: bool = False, log=print) -> Path:
+    """A genlab GPT run (or a fine-tuning run) as a Hugging Face directory."""
+    _check(format == "hf", f"unknown export format '{format}' (available: hf)")
+    fam = RunDir(run).require().read_config().get("family")
+    if fam == "finetune":
+        return merge(run, out, overwrite=overwrite, log=log)
+    _check(fam == "lm", f"{run}: a '{fam}' run; export --format hf takes language-model runs")
+    from .llm.export import export_hf
+    return export_hf(run, out, overwrite=overwrite, log=log)
 
 
 def fetch(name: str) -> Path:

@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         "For a language model: loss (nats per token), perplexity and bits per character on\n"
         "the run's held-out documents (or --text PATH), every token scored once with a\n"
         "sliding window of the model's context (stride: half of it).")
-    e.add_argument("run")
+    e.add_argument("run", metavar="RUN_OR_MODEL")
     e.add_argument("--n-samples", type=_number(int, lambda v: v >= 2, ">= 2"), default=10_000,
                    help="generated samples (and real images) for the image metrics (default 10000)")
     e.add_argument("--seed", type=int, default=0, help="seed for the samples and the reference images")
@@ -252,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights of the FID Inception network (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
     e.add_argument("--text", default=None, metavar="PATH",
                    help="language model: score this UTF-8 file instead of the run's held-out documents")
+    e.add_argument("--corpus", default=None,
+                   help="foundation / fine-tuned model: score this corpus's held-out documents (default "
+                        "the fine-tuning corpus, else shakespeare)")
+    e.add_argument("--max-tokens", type=_positive_int, default=None,
+                   help="foundation / fine-tuned model: score only the first N tokens")
 
     g = sub.add_parser(
         "generate", help="continue a prompt with a language-model run (streams the text)",
@@ -266,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  genlab generate runs/lm --prompt \"ROMEO:\" --max-new-tokens 500 --seed 0\n"
                "  genlab generate runs/lm --prompt \"To be\" --temperature 0\n"
                "  genlab generate runs/lm --system \"Speak of the sea.\" --prompt \"What news?\"")
-    g.add_argument("run")
+    g.add_argument("run", metavar="MODEL")
     g.add_argument("--prompt", required=True, help="the text to continue")
     _generation_opts(g, max_new=500)
     g.add_argument("--no-cache", action="store_true", help="no KV cache (slower; the reference)")
@@ -278,8 +283,115 @@ def build_parser() -> argparse.ArgumentParser:
         "(config.json: chat_template); --system places a hidden system prompt before the first\n"
         "turn. The reply ends at the template's stop string or --max-new-tokens. Commands:\n"
         "/reset starts over, /prompt shows the full text the model reads, /quit ends.")
-    ch.add_argument("run")
+    ch.add_argument("run", metavar="MODEL")
     _generation_opts(ch, max_new=300)
+
+    # foundation models, fine-tuning ---------------------------------------------------
+    mo = sub.add_parser("models", help="list the built-in foundation models",
+                        description="Foundation models genlab runs offline. Any command that takes MODEL\n"
+                        "(generate, chat, eval, finetune) also takes a local Hugging Face directory\n"
+                        "(config.json + *.safetensors + tokenizer; Llama, GPT-2 and other causal LMs),\n"
+                        "a genlab run, a fine-tuning run, a PEFT adapter directory, or a Hub id\n"
+                        "(org/name) when this machine has a network.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    msub = mo.add_subparsers(dest="models_cmd", metavar="ACTION", parser_class=_Parser)
+    msub.required = True
+    msub.add_parser("list", help="built-in models and whether they are installed and converted")
+
+    ex = sub.add_parser("export", help="write a genlab GPT run (or a fine-tuning run) as a Hugging Face model",
+                        description="--format hf: a genlab GPT run becomes a GPT2LMHeadModel directory\n"
+                        "(config.json, model.safetensors, tokenizer, chat template) that transformers loads\n"
+                        "and that gives the same logits. A fine-tuning run is written merged.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example:\n  genlab export runs/lm --format hf --out runs/lm-hf")
+    ex.add_argument("run")
+    ex.add_argument("--format", default="hf", choices=["hf"], help="hf: a Hugging Face directory")
+    ex.add_argument("--out", required=True, help="the directory to write")
+    ex.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+
+    ft = sub.add_parser(
+        "finetune", help="fine-tune a model (full or LoRA) on a corpus, instructions or preference pairs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="MODEL: smollm2, a Hugging Face directory, a genlab GPT run or a fine-tuning run.\n"
+        "--data decides the objective:\n"
+        "  a corpus (shakespeare, austen, kjv, text:PATH): next-token loss on its training documents,\n"
+        "    scored on its held-out ones;\n"
+        "  JSONL instructions, {\"prompt\", \"response\"} or {\"messages\": [...]} per line: loss on the\n"
+        "    reply tokens only, laid out with the model's chat template;\n"
+        "  JSONL preference pairs, {\"prompt\", \"chosen\", \"rejected\"}: DPO against the frozen\n"
+        "    starting model (--beta).\n"
+        "Every 10th JSONL example is held out. --method lora trains W + (alpha/r) BA through peft\n"
+        "and also saves the adapter in PEFT's format (RUN/adapter/); genlab merge folds it in.\n"
+        "Defaults: batch 4, context 256, lr 5e-5 (full) or 2e-3 (lora), 200 steps unless\n"
+        "--time-budget; warmup 10 steps then cosine decay.",
+        epilog="examples:\n"
+               "  genlab finetune smollm2 --data shakespeare --method lora --time-budget 300 --out runs/ft\n"
+               "  genlab finetune smollm2 --data chat.jsonl --method lora --lora-r 16 --out runs/sft\n"
+               "  genlab finetune runs/sft --data prefs.jsonl --method lora --beta 0.1 --out runs/dpo\n"
+               "  genlab chat runs/sft --system \"Answer briefly.\"")
+    ft.add_argument("model", metavar="MODEL")
+    ft.add_argument("--data", required=True, help="a corpus name, text:PATH, or a JSONL file")
+    ft.add_argument("--method", default="lora", choices=["full", "lora"], help="default lora")
+    ft.add_argument("--on-error", default="stop", choices=["stop", "skip"],
+                    help="a bad JSONL line: stop (default) or skip it (both name the line)")
+    ft.add_argument("--lr", type=_positive_float, default=None)
+    ft.add_argument("--batch-size", type=_positive_int, default=None, help="sequences per step (default 4)")
+    ft.add_argument("--grad-accum", type=_positive_int, default=None, help="micro-batches per step (default 1)")
+    ft.add_argument("--block-size", type=_positive_int, default=None, help="tokens per sequence (default 256)")
+    ft.add_argument("--max-iters", type=_positive_int, default=None, help="optimisation steps (default 200)")
+    ft.add_argument("--warmup-iters", type=int, default=None)
+    ft.add_argument("--eval-interval", type=_positive_int, default=None, help="steps between held-out evaluations (50)")
+    ft.add_argument("--log-interval", type=_positive_int, default=None)
+    ft.add_argument("--eval-examples", type=_positive_int, default=None,
+                    help="held-out windows / examples scored per evaluation (default 64)")
+    ft.add_argument("--weight-decay", type=_nonneg_float, default=None)
+    ft.add_argument("--grad-clip", type=_nonneg_float, default=None)
+    ft.add_argument("--beta", type=_positive_float, default=None, help="DPO: strength of the tie to the reference (0.1)")
+    ft.add_argument("--grad-checkpoint", action="store_true", default=None,
+                    help="recompute activations in the backward pass: less memory, ~30%% more time")
+    ft.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="autocast (default float32)")
+    ft.add_argument("--lora-r", type=_positive_int, default=None, help="LoRA rank (default 8)")
+    ft.add_argument("--lora-alpha", type=_positive_float, default=None, help="LoRA scale numerator (default 16)")
+    ft.add_argument("--lora-dropout", type=_number(float, lambda v: 0 <= v < 1, "in [0, 1)"), default=None,
+                    help="default 0.05")
+    ft.add_argument("--target-modules", default=None,
+                    help="comma-separated layer names for LoRA (default all-linear: every linear layer but the head)")
+    _train_opts(ft)
+
+    mg = sub.add_parser("merge", help="fold a LoRA run's adapter into the weights (a Hugging Face directory)",
+                        description="Writes base + (alpha/r) BA as plain weights; the merged model gives the\n"
+                        "same outputs as the base model with the adapter.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    mg.add_argument("run")
+    mg.add_argument("--out", default=None, help="default RUN/merged")
+    mg.add_argument("--overwrite", action="store_true")
+
+    rw = sub.add_parser("reward", help="Bradley-Terry reward models: train, score, compare two models",
+                        description="A reward model learns from preference pairs ({\"prompt\", \"chosen\",\n"
+                        "\"rejected\"} JSONL) a score with P(chosen > rejected) = sigmoid(r_c - r_r), on\n"
+                        "all-MiniLM-L6-v2 sentence embeddings. compare samples one reply per prompt from\n"
+                        "MODEL and from --baseline (temperature 1) and reports MODEL's win rate under the\n"
+                        "reward model and its KL divergence from the baseline (nats per reply).",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rsub = rw.add_subparsers(dest="reward_cmd", metavar="ACTION", parser_class=_Parser)
+    rsub.required = True
+    rt = rsub.add_parser("train", help="fit a reward model to preference pairs")
+    rt.add_argument("--data", required=True, help="JSONL preference pairs")
+    rt.add_argument("--out", required=True)
+    rt.add_argument("--epochs", type=_positive_int, default=200)
+    rt.add_argument("--on-error", default="stop", choices=["stop", "skip"])
+    rt.add_argument("--overwrite", action="store_true")
+    rs = rsub.add_parser("score", help="score one reply to one prompt")
+    rs.add_argument("run")
+    rs.add_argument("--prompt", required=True)
+    rs.add_argument("--response", required=True)
+    rc = rsub.add_parser("compare", help="win rate of MODEL over --baseline, and the KL between them")
+    rc.add_argument("run", help="the reward model run")
+    rc.add_argument("--model", required=True)
+    rc.add_argument("--baseline", required=True)
+    rc.add_argument("--prompts", required=True, help="a text file, one prompt per line")
+    rc.add_argument("--max-new-tokens", type=_positive_int, default=48)
+    rc.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -367,12 +479,17 @@ def _dispatch(a) -> int:
             run = api.train("gan", loss=a.loss, lr_d=a.lr_d, z_dim=a.z_dim, width=a.width,
                             ema_decay=a.ema_decay, conditional=a.conditional, **common)
         return 130 if (run.summary or {}).get("stopped") == "interrupt" else 0
-    run = api.load(a.run)
+    if a.cmd in ("models", "export", "finetune", "merge", "reward"):
+        return _llm(a)
     if a.cmd in ("generate", "chat"):
-        if run.family != "lm":
-            raise GenlabError(f"{run.path}: a '{run.family}' run; genlab {a.cmd} works on language-model "
-                              "runs (for images use genlab sample)")
+        run = api.load_model(a.run, log=_note)
         return _generate(run, a) if a.cmd == "generate" else _chat(run, a)
+    if a.cmd == "eval" and _is_text_model(a.run):
+        m = api.load_model(a.run, log=_note)
+        res = m.evaluate(text=a.text, corpus=a.corpus, max_tokens=a.max_tokens, log=True)
+        print(json.dumps(res, indent=2))
+        return 0
+    run = api.load(a.run)
     if run.family == "lm":
         if a.cmd == "eval":
             print(json.dumps(run.evaluate(text=a.text, log=True), indent=2))
@@ -393,6 +510,63 @@ def _dispatch(a) -> int:
         res = run.evaluate(iw_samples=a.iw_samples, n_test=a.n_test, n_samples=a.n_samples,
                            seed=a.seed, classifier=not a.no_classifier, inception=a.inception)
         print(json.dumps(res, indent=2))
+    return 0
+
+
+def _is_text_model(spec: str) -> bool:
+    """A foundation model, HF directory, adapter or fine-tuning run (not a genlab image/LM run)."""
+    from .llm.hf import classify
+    try:
+        kind, where = classify(spec)
+    except GenlabError:
+        return False  # not a model at all: the run loader says why, in its words
+    if kind != "run":
+        return True
+    from .runs import RunDir
+    return RunDir(where).read_config().get("family") == "finetune"
+
+
+def _note(msg: str) -> None:
+    print(f"genlab: {msg}", file=sys.stderr, flush=True)
+
+
+def _llm(a) -> int:
+    if a.cmd == "models":
+        for row in api.models():
+            state = "converted" if row["converted"] else ("installed" if row["installed"] else "not installed")
+            print(f"{row['name']:<10} {state:<13} {row['description']}  [{row['source']}]")
+        print("also: a local Hugging Face directory, a genlab run, a fine-tuning run, a PEFT adapter "
+              "directory, or org/name from the Hub (with a network)")
+    elif a.cmd == "export":
+        api.export(a.run, a.out, format=a.format, overwrite=a.overwrite)
+    elif a.cmd == "merge":
+        api.merge(a.run, a.out, overwrite=a.overwrite)
+    elif a.cmd == "finetune":
+        opts = {k: getattr(a, k) for k in ("lr", "batch_size", "grad_accum", "block_size", "max_iters",
+                                           "warmup_iters", "eval_interval", "log_interval", "eval_examples",
+                                           "weight_decay", "grad_clip", "beta", "grad_checkpoint", "dtype",
+                                           "time_budget")}
+        lora = {"r": a.lora_r, "alpha": a.lora_alpha, "dropout": a.lora_dropout, "target_modules": a.target_modules}
+        run = api.finetune(a.model, a.data, a.out, method=a.method, seed=a.seed, resume=a.resume,
+                           overwrite=a.overwrite, on_error=a.on_error, lora=lora,
+                           progress=False if a.no_progress else None, warn=_warn, **opts)
+        return 130 if (run.summary or {}).get("stopped") == "interrupt" else 0
+    elif a.cmd == "reward":
+        from .llm import reward
+        if a.reward_cmd == "train":
+            reward.train_reward(a.data, a.out, epochs=a.epochs, overwrite=a.overwrite, on_error=a.on_error)
+        elif a.reward_cmd == "score":
+            print(f"{float(reward.RewardModel(a.run).score([a.prompt], [a.response])[0]):.4f}")
+        else:
+            from pathlib import Path
+            p = Path(a.prompts)
+            if not p.is_file():
+                raise GenlabError(f"{p}: no such file")
+            prompts = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+            rm = reward.RewardModel(a.run)
+            res = reward.compare(rm, api.load_model(a.model, log=_note), api.load_model(a.baseline, log=_note),
+                                 prompts, max_new_tokens=a.max_new_tokens, seed=a.seed, log=_note)
+            print(json.dumps(res, indent=2))
     return 0
 
 

@@ -1,0 +1,105 @@
+"""Fine-tuning data: JSONL files of instructions or of ranked response pairs.
+
+    {"prompt": "...", "response": "..."}                          instruction tuning
+    {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+    {"prompt": "...", "chosen": "...", "rejected": "..."}          preference tuning (DPO)
+
+A line that is not JSON, or lacks a field, is reported with its line number; with
+on_error="skip" it is left out (and counted), with "stop" (the default) the run stops
+before anything is written. Every 10th example is held out for validation.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import GenlabError
+
+ROLES = ("system", "user", "assistant")
+
+
+def _bad(path, n, msg):
+    return GenlabError(f"{path}:{n}: {msg}")
+
+
+def _text(obj, key, path, n):
+    v = obj.get(key)
+    if not isinstance(v, str) or not v.strip():
+        raise _bad(path, n, f"field '{key}' is missing or not a non-empty string")
+    return v
+
+
+def _parse(obj, path, n) -> tuple[str, dict]:
+    """("sft", {"system", "messages"}) or ("dpo", {"prompt", "chosen", "rejected"})."""
+    if not isinstance(obj, dict):
+        raise _bad(path, n, "not a JSON object")
+    if "chosen" in obj or "rejected" in obj:
+        return "dpo", {k: _text(obj, k, path, n) for k in ("prompt", "chosen", "rejected")}
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise _bad(path, n, "'messages' must be a non-empty list")
+        system, turns = None, []
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise _bad(path, n, f"message {i + 1} needs a role ({', '.join(ROLES)}) and a string content")
+            if m["role"] == "system":
+                if i:
+                    raise _bad(path, n, "a system message may only come first")
+                system = m["content"]
+            else:
+                turns.append({"role": m["role"], "content": m["content"]})
+        if not turns or turns[-1]["role"] != "assistant":
+            raise _bad(path, n, "the last message must be the assistant's (the reply to learn)")
+        return "sft", {"system": system, "messages": turns}
+    if "prompt" in obj or "response" in obj:
+        return "sft", {"system": obj.get("system") if isinstance(obj.get("system"), str) else None,
+                       "messages": [{"role": "user", "content": _text(obj, "prompt", path, n)},
+                                    {"role": "assistant", "content": _text(obj, "response", path, n)}]}
+    raise _bad(path, n, "needs 'prompt' and 'response', 'messages', or 'prompt', 'chosen' and 'rejected'")
+
+
+def read_jsonl(path, on_error: str = "stop", warn=None) -> tuple[str, list]:
+    """(kind, examples) of a JSONL file; kind is "sft" or "dpo" (all lines one kind)."""
+    if on_error not in ("stop", "skip"):
+        raise GenlabError(f"--on-error must be stop or skip, not '{on_error}'")
+    p = Path(path)
+    if not p.is_file():
+        raise GenlabError(f"{p}: no such file")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise GenlabError(f"{p}: not UTF-8 text ({e})") from None
+    kind, out, skipped = None, [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise _bad(p, n, f"not valid JSON ({e.msg} at column {e.colno})") from None
+            k, ex = _parse(obj, p, n)
+            if kind is not None and k != kind:
+                raise _bad(p, n, f"a {'preference pair' if k == 'dpo' else 'instruction'} among "
+                                 f"{'preference pairs' if kind == 'dpo' else 'instructions'} (one kind per file)")
+        except GenlabError as e:
+            if on_error == "stop":
+                raise GenlabError(f"{e} (--on-error skip leaves such lines out)") from None
+            skipped.append(n)
+            continue
+        kind = k
+        out.append(ex)
+    if skipped and warn:
+        warn(f"{p}: skipped {len(skipped)} bad line(s): {', '.join(map(str, skipped[:10]))}"
+             + (" ..." if len(skipped) > 10 else ""))
+    if len(out) < 2:
+        raise GenlabError(f"{p}: needs at least 2 valid examples, found {len(out)}")
+    return kind, out
+
+
+def split(examples: list) -> tuple[list, list]:
+    """(train, held-out): every 10th example held out (at least one)."""
+    val = examples[9::10] or examples[-1:]
+    held = {id(e) for e in val}
+    return [e for e in examples if id(e) not in held], val

