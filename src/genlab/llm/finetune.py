@@ -531,7 +531,8 @@ def load_text_model(spec: str, log=print):
             return LMRun(where)
         if fam == "finetune":
             return load_finetuned(where, log=log)
-        raise GenlabError(f"{where}: a '{fam}' run; this command works on language models (for images use genlab sample)")
+        raise GenlabError(f"{where}: a '{fam}' run; generate, chat and fine-tuning work on language-model runs "
+                          "(for images use genlab sample)")
     if kind == "adapter":
         return load_adapter(where, log=log)
     return HFModel.load(spec, log=log)
