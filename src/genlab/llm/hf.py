@@ -376,13 +376,6 @@ class HFModel(TextModel):
         model, tok = load_pretrained(spec, log)
         return cls(model, tok, spec, device=device)
 
-    @property
-    def block_size(self) -> int:
-        return self.context
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
-
     def encode_prompt(self, prompt: str) -> list:
         _check(isinstance(prompt, str) and prompt != "", "the prompt is empty: give some text to continue")
         bos = self.tokenizer.bos_token
