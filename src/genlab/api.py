@@ -33,7 +33,7 @@ from .models.gan import ARCHS as GAN_ARCHS, GANConfig, build_gan
 from .train.gan import LOSSES as GAN_LOSSES, GANTask, to_signed as gan_to_float
 
 from .data.text import CORPORA, list_corpora, load_corpus
-from .lmrun import LMRun, RECIPES as LM_RECIPES, train_lm
+from .lmrun import LMRun, train_lm
 
 IMAGE_FAMILIES = ("vae", "gan")
 FAMILIES = IMAGE_FAMILIES + ("lm",)

@@ -12,10 +12,6 @@ load its run, generate (streaming), chat with a system prompt, evaluate.
 """
 from __future__ import annotations
 
-import math
-import sys
-from pathlib import Path
-
 import torch
 
 from . import __version__
@@ -24,11 +20,11 @@ from .data.tokenizer import (KINDS as TOKENIZER_KINDS, encoded_corpus, load_toke
                              save_tokenizer, train_tokenizer)
 from .errors import GenlabError
 from .llm.chat import PLAIN_TEMPLATE, ChatTemplate
-from .llm.generate import TextModel
+from .llm.generate import TextModel, read_eval_file
 from .models.gpt import GPT, GPTConfig
 from .plots import save_loss_plot
 from .runs import RunDir, default_run_dir
-from .train.lm import LMTask, sliding_loss
+from .train.lm import LMTask
 from .train.loop import IterConfig, fit_iters
 
 # nanoGPT's CPU recipe for shakespeare_char (its README: 4 layers, 4 heads, 128-dim,
@@ -275,35 +271,13 @@ class LMRun(TextModel):
         """Held-out loss (nats per token), perplexity and bits per character, every token
         scored once with a sliding window (stride = half the context). On the run's held-out
         documents, or on the UTF-8 file `text`."""
-        import numpy as np
         if text is None:
             corp, data = _run_data(self.dir, self.config, self.tokenizer)
             ids, source = data["val"], f"{corp.name} held-out ({', '.join(corp.held_out)})"
             raw = corp.text("val")
         else:
-            from .data.text import _read_text_file
-            p = Path(text)
-            _check(p.is_file(), f"{p}: no such file")
-            raw = _read_text_file(p)
-            _check(raw.strip() != "", f"{p}: the file is empty")
-            ids, source = self.tokenizer.encode_array(raw), str(p)
-            _check(len(ids) >= 2, f"{p}: too short to evaluate (needs at least two tokens)")
-        ids = np.asarray(ids)
-        bar = None
-        if log is not None and sys.stderr.isatty():
-            from tqdm import tqdm
-            bar = tqdm(total=None, unit="window", leave=False, file=sys.stderr)
-        try:
-            loss, n = sliding_loss(self.model, ids, self.block_size, stride=stride, device=self.device,
-                                   progress=bar.update if bar else None)
-        finally:
-            if bar is not None:
-                bar.close()
-        chars = len(raw) - len(self.tokenizer.decode(ids[:1].tolist()))
-        res = {"kind": "eval", "family": "lm", "source": source, "tokens_scored": n,
-               "val_loss": loss, "perplexity": math.exp(loss),
-               "bits_per_char": loss * n / math.log(2) / max(chars, 1),
-               "chars_per_token": chars / n, "context": self.block_size,
-               "stride": stride or self.block_size // 2}
+            raw, source = read_eval_file(text)
+            ids = self.tokenizer.encode_array(raw)
+        res = self._score(self.model, ids, raw, self.block_size, source, stride=stride, log=log)
         self.dir.append_metrics(res)
         return res

@@ -36,7 +36,7 @@ from ..runs import RunDir
 from ..train.lm import LMTask, StepTask, autocast
 from ..train.loop import IterConfig, fit_iters
 from . import data as ftdata
-from .hf import CausalLM, HFModel, _encode, chat_template_for, check_memory, classify, load_pretrained
+from .hf import CausalLM, HFModel, _encode, chat_template_for, encode_prompt_text, check_memory, classify, load_pretrained
 
 METHODS = ("full", "lora")
 # Settings measured on SmolLM2-135M (benchmarks/finetune.py); each can be overridden.
@@ -146,7 +146,7 @@ def _encode_pair(tok, template, system, messages, max_len):
     else:  # genlab's text template: the reply, then its stop string
         prompt = template.render(system, messages[:-1])
         completion = messages[-1]["content"] + template.stop
-    p = _encode(tok, prompt, add_special_tokens=not (tok.bos_token and prompt.startswith(tok.bos_token)))
+    p = encode_prompt_text(tok, prompt)
     c = _encode(tok, completion, add_special_tokens=False)
     _check(len(p) < max_len, f"a prompt of {len(p)} tokens does not fit the --block-size of {max_len}")
     return (p + c)[:max_len], len(p)

@@ -8,7 +8,10 @@ generator); everything the user sees is written once, here.
 """
 from __future__ import annotations
 
+import math
+import sys
 import time
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -20,6 +23,16 @@ from .chat import Chat
 def _check(cond, msg):
     if not cond:
         raise GenlabError(msg)
+
+
+def read_eval_file(text) -> tuple[str, str]:
+    """(text, source) of a UTF-8 file to score; a missing or empty file is a clear error."""
+    from ..data.text import _read_text_file
+    p = Path(text)
+    _check(p.is_file(), f"{p}: no such file")
+    raw = _read_text_file(p)
+    _check(raw.strip() != "", f"{p}: the file is empty")
+    return raw, str(p)
 
 
 class TextModel:
@@ -114,3 +127,30 @@ class TextModel:
 
     def reply(self, chat: Chat, user: str, **kw) -> str:
         return "".join(self.reply_stream(chat, user, **kw)).strip()
+
+    # -- evaluation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _score(self, module, ids, raw: str, block: int, source: str, stride: int | None = None,
+               batch: int = 32, log=None) -> dict:
+        """Loss (nats per token), perplexity and bits per character of the token ids `ids`
+        (the encoding of `raw`) under `module` (forward(idx) -> (logits, _)), every token
+        scored once with a sliding window of `block` tokens (stride: half of it)."""
+        import numpy as np
+        from ..train.lm import sliding_loss
+        ids = np.asarray(ids)
+        _check(len(ids) >= 2, f"{source}: too short to evaluate (needs at least two tokens)")
+        bar = None
+        if log is not None and sys.stderr.isatty():
+            from tqdm import tqdm
+            bar = tqdm(total=None, unit="window", leave=False, file=sys.stderr)
+        try:
+            loss, n = sliding_loss(module, ids, block, stride=stride, batch=batch, device=self.device,
+                                   progress=bar.update if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        chars = len(raw) - len(self.decode(ids[:1].tolist()))
+        return {"kind": "eval", "family": "lm", "source": source, "tokens_scored": n,
+                "val_loss": loss, "perplexity": math.exp(loss),
+                "bits_per_char": loss * n / math.log(2) / max(chars, 1),
+                "chars_per_token": chars / n, "context": block, "stride": stride or block // 2}

