@@ -12,10 +12,10 @@
 """
 __version__ = "0.1.0"
 
-from .api import (LMRun, Run, corpora, dataset_classifier, datasets, export, fetch,  # noqa: E402
+from .api import (LMRun, Run, compress, corpora, dataset_classifier, datasets, export, fetch,  # noqa: E402
                   finetune, load, load_inception, load_model, merge, models, save_images, train)
 from .errors import GenlabError  # noqa: E402
 
-__all__ = ["LMRun", "Run", "GenlabError", "corpora", "dataset_classifier", "datasets", "export", "fetch",
+__all__ = ["LMRun", "Run", "GenlabError", "compress", "corpora", "dataset_classifier", "datasets", "export", "fetch",
            "finetune", "load", "load_inception", "load_model", "merge", "models", "save_images", "train",
            "__version__"]

@@ -24,6 +24,7 @@ from .errors import GenlabError
 from .metrics.classifier import get_classifier
 from .metrics.elbo import iwae_nll, negative_elbo
 from .metrics.images import compare, fid, gaussian_stats
+from .models.int8 import quantize_int8
 from .models.vae import ARCHS as VAE_ARCHS, VAEConfig, build_vae
 from .plots import save_array, save_grid, save_loss_plot
 from .runs import RunDir, default_run_dir
@@ -268,6 +269,8 @@ class Run:
                               f"({', '.join(IMAGE_FAMILIES)})"
                               + ("; for a language model use genlab generate / chat / eval" if self.family == "lm" else ""))
         self.model = _build_model(self.path, self.config)
+        if self.config.get("compress", {}).get("quantize"):
+            quantize_int8(_image_target(self.model, self.family))
         self.dir.load_weights(self.model)
         self.model.eval()
 
@@ -519,6 +522,97 @@ def export(run, out, format: str = "hf", overwrite: bool = False, log=print) -> 
     _check(fam == "lm", f"{run}: a '{fam}' run; export --format hf takes language-model runs")
     from .llm.export import export_hf
     return export_hf(run, out, overwrite=overwrite, log=log)
+
+
+# -- compression ------------------------------------------------------------------------
+
+def compress(model: str, out, *, prune: float | None = None, structured: bool = False,
+             quantize: str | None = None, distill: bool = False, student: str | None = None,
+             finetune_steps: int = 0, steps: int | None = None, time_budget: float | None = None,
+             temperature: float = 2.0, alpha: float = 0.5, lr: float | None = None,
+             eval_tokens: int | None = None, batch: int | None = None, gen_tokens: int = 64,
+             fid_samples: int = 2000, seed: int = 0, overwrite: bool = False, progress=None,
+             log=print) -> dict:
+    """Prune, quantize (int8) and/or distil `model` -- a genlab GPT run, `smollm2` or a
+    Hugging Face directory, a VAE or GAN run -- into `out`, then measure the original and
+    the compressed model side by side. Returns the report: {"rows": [...], "table": str}
+    (also written to out/report.json and out/report.md)."""
+    from .compression import compress_lm, model_kind
+    kind, where = model_kind(model)
+    if kind in IMAGE_FAMILIES:
+        from .compress import check_options
+        check_options(kind, prune=prune, structured=structured, quantize=quantize, distill=distill,
+                      student=student, finetune_steps=finetune_steps, temperature=temperature, alpha=alpha)
+        return _compress_images(where, out, kind, prune=prune, quantize=quantize, batch=batch or 256,
+                                fid_samples=fid_samples, overwrite=overwrite, log=log)
+    return compress_lm(model, out, kind=kind, where=where, prune=prune, structured=structured,
+                       quantize=quantize, distill=distill, student=student, finetune_steps=finetune_steps,
+                       steps=steps, time_budget=time_budget, temperature=temperature, alpha=alpha, lr=lr,
+                       eval_tokens=eval_tokens, batch=batch, gen_tokens=gen_tokens, seed=seed,
+                       overwrite=overwrite, progress=progress, log=log)
+
+
+def _image_target(model, family: str):
+    """The part of an image model that compression changes: the whole VAE; a GAN's
+    sampling generator (the discriminator is not used once trained)."""
+    return model if family == "vae" else model.sampler
+
+
+def _compress_images(src, out, family: str, *, prune, quantize, batch: int, fid_samples: int,
+                     overwrite: bool, log) -> dict:
+    import copy
+    from .compress.lm import count_weights
+    from .compress.prune import magnitude_prune, sparsity
+    from .compress.report import image_row, write_report
+    from .compression import _prepare_out
+    orig = Run(src)
+    quantized = bool(orig.config.get("compress", {}).get("quantize"))
+    _check(not (quantized and quantize), f"{src}: already quantized to int8; compress the run it came from")
+    _check(not (quantized and prune), f"{src}: an int8 model cannot be pruned; start from the float run it came from")
+    _check(isinstance(fid_samples, int) and fid_samples >= 2, f"--fid-samples must be >= 2, not {fid_samples}")
+    out = _prepare_out(out, src, overwrite)
+    model = copy.deepcopy(orig.model)
+    target = _image_target(model, family)
+    info = {"source": str(orig.path), "source_params": count_weights(target)}
+    if prune:
+        magnitude_prune(target, prune)
+        z, n = sparsity(target)
+        log(f"magnitude pruning: {z:,} of {n:,} prunable weights are zero ({z / n:.1%})")
+        info["prune"] = {"amount": prune, "structured": False, "zeros": z, "prunable": n, "sparsity": z / n}
+    if quantize:
+        n = quantize_int8(target)
+        log(f"int8: {n} Linear layers quantized (convolutions stay float32)")
+        info["quantize"] = quantize
+    run = RunDir(out)
+    run.prepare_new(overwrite=overwrite)
+    for stale in ("report.json", "report.md"):
+        if (run.path / stale).exists():
+            (run.path / stale).unlink()
+    run.write_config({**orig.config, "compress": {**orig.config.get("compress", {}), **info}})
+    run.save_weights(model)
+    new = Run(out)
+    data = orig._data()
+    ref = None
+    if family == "gan":
+        _check(data.train_y is not None and data.num_classes > 1,
+               f"{data.name} has no labels, so there is no dataset classifier for the FID")
+        clf = get_classifier(data)
+        ref = torch.cat([clf.features(ImageData.to_float(data.train_x[i:i + 5000]))
+                         for i in range(0, len(data.train_x), 5000)])
+    log(f"measuring: latency of {'decoding' if family == 'vae' else 'generating'} at batch 1 and {batch}; "
+        + ("test loss (negative ELBO, nats per image)" if family == "vae"
+           else f"FID in the dataset classifier's features ({fid_samples} samples)"))
+    rows = []
+    for name, r in (("original", orig), ("compressed", new)):
+        if family == "vae":
+            quality = {"test_loss": negative_elbo(r.model, data.test_x, ImageData.to_float)["loss"]}
+        else:
+            quality = {"fid": fid(ref, clf.features(r.sample(fid_samples, seed=0)))}
+        g = torch.Generator().manual_seed(0)
+        decode = (lambda z, r=r: r._decode(z, r._labels(len(z), None, g)))
+        rows.append(image_row(name, decode, r.latent_dim, batch, quality, r.path / "model.safetensors",
+                              count_weights(_image_target(r.model, family))))
+    return write_report(out, rows, {"model": str(src), "family": family})
 
 
 def fetch(name: str) -> Path:

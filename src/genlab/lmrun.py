@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import __version__
+from .compress.lm import build_gpt
 from .data.text import load_corpus
 from .data.tokenizer import (KINDS as TOKENIZER_KINDS, encoded_corpus, load_tokenizer,
                              save_tokenizer, train_tokenizer)
@@ -152,8 +153,7 @@ def _validate(t: dict) -> None:
 def _load_parts(run: RunDir, config: dict):
     """The model (unloaded), the tokenizer and the chat template of an LM run."""
     try:
-        m = {k: v for k, v in config["model"].items() if k != "arch"}
-        model = GPT(GPTConfig(**m))
+        model = build_gpt(config)
         template = ChatTemplate.from_dict(config.get("chat_template") or {})
     except (TypeError, KeyError, ValueError) as e:
         raise GenlabError(f"{run.path}/config.json: invalid language-model config ({e})") from None

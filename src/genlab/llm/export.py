@@ -47,8 +47,14 @@ def gpt_to_hf(run):
     """(GPT2LMHeadModel, tokenizer) with the weights of the LMRun `run`."""
     from transformers import GPT2Config, GPT2LMHeadModel
     c = run.model.cfg
+    if run.config.get("compress", {}).get("quantize"):
+        raise GenlabError(f"{run.path}: an int8 model; GPT-2 in transformers holds float weights "
+                          "(export the run it was compressed from)")
+    if c.hd * c.n_head != c.n_embd:
+        raise GenlabError(f"{run.path}: attention heads were pruned ({c.n_head} heads of {c.hd}, "
+                          f"width {c.n_embd}); GPT-2 needs n_head x head width = n_embd")
     cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
-                     n_head=c.n_head, n_inner=4 * c.n_embd, activation_function="gelu",
+                     n_head=c.n_head, n_inner=c.hidden, activation_function="gelu",
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
                      tie_word_embeddings=True, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     model = GPT2LMHeadModel(cfg)

@@ -267,10 +267,26 @@ def load_pretrained(spec: str, log=print, factor: float = 1.3, what: str | None 
         raise GenlabError(f"{spec}: no usable tokenizer in the model directory ({_first_line(e)})") from None
     check_tokenizer(tok, config, spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, use_safetensors=True)
+        if getattr(config, "genlab_quantization", None) == "int8":
+            model = _load_int8(where, config)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, use_safetensors=True)
     except (ValueError, OSError, KeyError, RuntimeError) as e:
         raise GenlabError(f"{spec}: transformers cannot load it as a causal language model ({_first_line(e)})") from None
     return model.eval(), tok
+
+
+def _load_int8(where: Path, config):
+    """A model `genlab compress --quantize int8` wrote: the architecture from its config,
+    its Linear layers in genlab's int8 layout, then the int8 weights (names and shapes
+    checked)."""
+    from transformers import AutoModelForCausalLM
+    from ..models.int8 import quantize_int8
+    from ..runs import RunDir
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    quantize_int8(model)
+    RunDir(where).load_weights(model)
+    return model
 
 
 def _first_line(e: Exception) -> str:

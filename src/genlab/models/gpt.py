@@ -28,18 +28,30 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.0
     bias: bool = False        # biases in Linear layers and LayerNorms
+    n_inner: int | None = None   # MLP hidden width (None: 4 * n_embd)
+    head_dim: int | None = None  # width of one attention head (None: n_embd // n_head)
+    # (structured pruning shrinks n_inner and n_head and keeps head_dim)
 
     def __post_init__(self):
-        if self.n_embd % self.n_head:
+        if self.head_dim is None and self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if int(getattr(self, k)) < 1:
+        for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_inner", "head_dim"):
+            v = getattr(self, k)
+            if v is not None and int(v) < 1:
                 raise ValueError(f"{k} must be >= 1")
+
+    @property
+    def hidden(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must be in [0, 1)")
 
     def to_dict(self) -> dict:
-        return {"arch": "gpt", **asdict(self)}
+        return {"arch": "gpt", **{k: v for k, v in asdict(self).items() if v is not None}}
 
 
 class LayerNorm(nn.Module):
@@ -58,8 +70,7 @@ class KVCache:
     """Keys and values of every layer for the positions seen so far (batch, head, T, dim)."""
 
     def __init__(self, cfg: GPTConfig, batch: int, device=None, dtype=torch.float32):
-        hd = cfg.n_embd // cfg.n_head
-        shape = (batch, cfg.n_head, cfg.block_size, hd)
+        shape = (batch, cfg.n_head, cfg.block_size, cfg.hd)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.pos = 0  # positions filled
@@ -68,15 +79,16 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v at once
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        inner = cfg.n_head * cfg.hd
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * inner, bias=cfg.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(inner, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
+        self.n_head, self.hd, self.dropout = cfg.n_head, cfg.hd, cfg.dropout
 
     def forward(self, x, cache: KVCache | None = None, layer: int = 0):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k, v = self.c_attn(x).split(self.n_head * self.hd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, self.hd).transpose(1, 2) for t in (q, k, v))
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                dropout_p=self.dropout if self.training else 0.0)
@@ -92,16 +104,16 @@ class CausalSelfAttention(nn.Module):
             else:           # several new tokens after cached ones: causal with an offset
                 mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.hd)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.hidden, bias=cfg.bias)
         self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
@@ -188,7 +200,7 @@ class GPT(nn.Module):
                 # (re)fill: the whole prompt first, then after the window is full the most
                 # recent three quarters of it (the window slides).
                 keep = ids[-bs:] if cache is None else ids[-(3 * bs // 4):]
-                cache = KVCache(self.cfg, 1, device=idx.device, dtype=self.lm_head.weight.dtype)
+                cache = KVCache(self.cfg, 1, device=idx.device, dtype=self.transformer.wpe.weight.dtype)
                 logits, _ = self(torch.tensor([keep], device=idx.device), cache=cache)
             else:
                 logits, _ = self(torch.tensor([[ids[-1]]], device=idx.device), cache=cache)

@@ -1,0 +1,225 @@
+"""Compressing language models: a genlab GPT run (prune, structured prune, distil, int8,
+fine-tune to recover) and a Hugging Face causal LM such as SmolLM2 (int8, unstructured
+prune). Each writes a new model directory the rest of genlab loads like any other:
+a genlab run for a GPT, a Hugging Face directory (with int8 tensors when quantized) for
+a foundation model.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..data.text import load_corpus
+from ..data.tokenizer import encoded_corpus, load_tokenizer
+from ..errors import GenlabError
+from ..models.gpt import GPT, GPTConfig
+from ..models.int8 import Int8Embedding, Int8Linear, quantize_int8
+from ..runs import RunDir, atomic_path
+from ..train.lm import LMTask
+from ..train.loop import IterConfig, fit_iters
+from .distill import DistillTask, parse_student
+from .prune import apply_masks, magnitude_prune, prune_gpt_structured, sparsity
+
+
+def _check(cond, msg):
+    if not cond:
+        raise GenlabError(msg)
+
+
+class _MaskedLMTask(LMTask):
+    """Fine-tuning after unstructured pruning: the pruned weights stay zero."""
+
+    def __init__(self, model, data, masks, **kw):
+        super().__init__(model, data, **kw)
+        self.masks = masks
+
+    def train_step(self) -> float:
+        loss = super().train_step()
+        apply_masks(self.model, self.masks)
+        return loss
+
+
+def build_gpt(config: dict) -> GPT:
+    """The (unloaded) GPT a run's config describes, int8 layers and all."""
+    model = GPT(GPTConfig(**{k: v for k, v in config["model"].items() if k != "arch"}))
+    if config.get("compress", {}).get("quantize"):
+        quantize_int8(model)
+    return model
+
+
+def _train(out: RunDir, task, steps: int | None, time_budget: float | None, eval_interval: int,
+           seed: int, progress, log) -> dict:
+    loop = IterConfig(max_iters=steps, eval_interval=eval_interval, log_interval=max(1, min(50, eval_interval)),
+                      seed=seed, time_budget=time_budget, progress=progress)
+    return fit_iters(out, task, loop, resume=False, log=log)
+
+
+def check_gpt_source(src, config: dict, *, quantize=None, prune=None, distill=False, student=None):
+    """Refuse, before anything is written, what cannot be done to the run at `src`;
+    returns the student's config for --distill (else None)."""
+    if config.get("compress", {}).get("quantize"):
+        _check(quantize is None, f"{src}: already quantized to int8; compress the run it came from")
+        _check(not (prune or distill),
+               f"{src}: an int8 model cannot be pruned or distilled further; start from the float run it came from")
+    if not distill:
+        return None
+    teacher = GPTConfig(**{k: v for k, v in config["model"].items() if k != "arch"})
+    try:
+        scfg = parse_student(student, teacher)
+    except ValueError as e:
+        raise GenlabError(str(e)) from None
+    n_s, n_t = count_weights(GPT(scfg)), count_weights(GPT(teacher))
+    _check(n_s < n_t, f"--student {student}: {n_s:,} parameters, not fewer than the teacher's {n_t:,} "
+                      "(a student must be smaller)")
+    return scfg
+
+
+def compress_gpt(src: Path, out: RunDir, *, prune: float | None = None, structured: bool = False,
+                 quantize: str | None = None, distill: bool = False, student: str | None = None,
+                 finetune_steps: int = 0, steps: int | None = None, time_budget: float | None = None,
+                 temperature: float = 2.0, alpha: float = 0.5, lr: float | None = None, seed: int = 0,
+                 progress=None, log=print) -> dict:
+    """Compress the genlab GPT run at `src` into the new run `out` (prepared by the
+    caller). Order: distil a student, prune (then fine-tune `finetune_steps` with the
+    pruned weights held at zero), quantize. Returns the `compress` section written to
+    the new run's config."""
+    srun = RunDir(src)
+    config = srun.read_config()
+    t = config["train"]
+    scfg = check_gpt_source(src, config, quantize=quantize, prune=prune, distill=distill, student=student)
+    model = build_gpt(config)
+    srun.load_weights(model)
+    model.eval()
+    tok = load_tokenizer(srun.path)
+    corp = load_corpus(config["data"]["corpus"], quiet=True)
+    fp = config["data"].get("corpus_fingerprint")
+    _check(fp is None or fp == corp.fingerprint,
+           f"{config['data']['corpus']}: the corpus has changed since {src} was trained on it")
+    info = {"source": str(srun.path), "source_params": count_weights(model)}
+    data = None
+    if distill or prune or finetune_steps:
+        data = encoded_corpus(corp, tok, log=None)
+    block = model.cfg.block_size
+    common = dict(block_size=block, batch_size=t["batch_size"], grad_accum=t.get("grad_accum", 1),
+                  weight_decay=t["weight_decay"], betas=t["betas"], grad_clip=t["grad_clip"],
+                  device="cpu", seed=seed)
+    shutil.copy(srun.path / "tokenizer.json", out.path / "tokenizer.json")
+    new_config = {**config, "genlab_version": __version__}
+
+    if distill:
+        torch.manual_seed(seed)
+        s_model = GPT(scfg)
+        log(f"distilling {src} ({count_weights(model):,} parameters) into a student of {count_weights(s_model):,} "
+            f"({scfg.n_layer} layers, {scfg.n_head} heads, {scfg.n_embd}-dim); T={temperature:g}, alpha={alpha:g}")
+        task = DistillTask(s_model, model, data, temperature=temperature, alpha=alpha,
+                           lr=lr or t["lr"], min_lr=(lr or t["lr"]) / 10, warmup_iters=min(100, t["warmup_iters"]),
+                           schedule="cosine", **common)
+        new_config["model"] = scfg.to_dict()
+        out.write_config(new_config)
+        summary = _train(out, task, steps, time_budget, eval_interval=max(50, min(500, (steps or 1000) // 4)),
+                         seed=seed, progress=progress, log=log)
+        out.load_weights(s_model)  # the best held-out checkpoint
+        model = s_model
+        info["distill"] = {"teacher": str(srun.path), "student": student, "temperature": temperature,
+                           "alpha": alpha, "iters": summary.get("iters"),
+                           "best_val_loss": summary.get("best_val_loss")}
+
+    if prune:
+        if structured:
+            model = prune_gpt_structured(model, prune)
+            c = model.cfg
+            log(f"structured pruning: {c.n_head} heads of {c.hd} and {c.hidden} MLP neurons kept per block "
+                f"-> {count_weights(model):,} parameters")
+            masks = None
+        else:
+            masks = magnitude_prune(model, prune)
+            z, n = sparsity(model)
+            _check(z >= round(prune * n), f"pruning left {z:,} of {n:,} weights at zero, fewer than asked")
+            log(f"magnitude pruning: {z:,} of {n:,} prunable weights are zero ({z / n:.1%})")
+        new_config["model"] = model.cfg.to_dict()
+        info["prune"] = {"amount": prune, "structured": structured}
+        if finetune_steps:
+            out.write_config(new_config)
+            f_lr = lr or t["lr"] / 4
+            log(f"fine-tuning {finetune_steps} steps to recover (lr {f_lr:g})")
+            kw = dict(common, lr=f_lr, min_lr=f_lr / 10, warmup_iters=0, schedule="cosine")
+            task = _MaskedLMTask(model, data, masks, **kw) if masks else LMTask(model, data, **kw)
+            summary = _train(out, task, finetune_steps, None, eval_interval=max(1, finetune_steps // 2),
+                             seed=seed, progress=progress, log=log)
+            out.load_weights(model)
+            if masks:
+                apply_masks(model, masks)
+            info["prune"].update(finetune_steps=finetune_steps, finetune_lr=f_lr,
+                                 best_val_loss=summary.get("best_val_loss"))
+        if not structured:
+            z, n = sparsity(model)
+            info["prune"].update(zeros=z, prunable=n, sparsity=z / n)
+
+    if quantize:
+        n = quantize_int8(model)
+        log(f"int8: {n} Linear layers quantized (per-channel weights, dynamic per-call activations)")
+        info["quantize"] = quantize
+    new_config["compress"] = {**config.get("compress", {}), **info}
+    new_config["model"] = model.cfg.to_dict()
+    out.write_config(new_config)
+    out.save_weights(model)
+    for stale in ("last.safetensors", "state.pt"):
+        if (out.path / stale).exists():
+            (out.path / stale).unlink()
+    return new_config["compress"]
+
+
+def count_weights(model: torch.nn.Module) -> int:
+    """Weights in the model, each shared tensor once: float parameters plus the int8
+    weights (and biases) of quantized layers; per-channel scales are not counted."""
+    tensors = list(model.parameters())
+    for m in model.modules():
+        if isinstance(m, (Int8Linear, Int8Embedding)):
+            tensors += [t for t in (m.weight, getattr(m, "bias", None)) if t is not None]
+    seen = {(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)): t.numel() for t in tensors}
+    return sum(seen.values())
+
+
+# -- Hugging Face models -----------------------------------------------------------------
+
+HF_INT8_KEY = "genlab_quantization"
+
+
+def compress_hf(spec: str, out: Path, *, prune: float | None = None, quantize: str | None = None,
+                log=print) -> dict:
+    """Unstructured prune and/or int8 of a Hugging Face causal LM, written as a Hugging
+    Face directory at `out` (config, tokenizer, model.safetensors; int8 tensors when
+    quantized, which genlab's loader rebuilds)."""
+    from ..llm.hf import hf_dir, load_pretrained
+    model, tok = load_pretrained(spec, log)
+    _check(getattr(model.config, HF_INT8_KEY, None) is None or quantize is None,
+           f"{spec}: already quantized to int8; compress the model it came from")
+    info = {"source": spec, "source_params": count_weights(model)}
+    if prune:
+        magnitude_prune(model, prune)
+        z, n = sparsity(model)
+        log(f"magnitude pruning: {z:,} of {n:,} prunable weights are zero ({z / n:.1%})")
+        info["prune"] = {"amount": prune, "structured": False, "zeros": z, "prunable": n, "sparsity": z / n}
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(out)
+    src = hf_dir(spec, log)
+    if isinstance(src, Path):
+        for extra in ("generation_config.json",):
+            if (src / extra).is_file():
+                shutil.copy(src / extra, out / extra)
+    if quantize:
+        n = quantize_int8(model)
+        log(f"int8: {n} Linear layers quantized (per-channel weights, dynamic per-call activations)")
+        info["quantize"] = quantize
+        model.config.update({HF_INT8_KEY: quantize})
+        model.config.save_pretrained(out)
+        RunDir(out).save_weights(model)
+    else:
+        model.save_pretrained(out)
+    with atomic_path(out / "genlab-compress.json") as tmp:
+        Path(tmp).write_text(json.dumps(info, indent=2))
+    return info
