@@ -529,7 +529,7 @@ def export(run, out, format: str = "hf", overwrite: bool = False, log=print) -> 
 def compress(model: str, out, *, prune: float | None = None, structured: bool = False,
              quantize: str | None = None, distill: bool = False, student: str | None = None,
              finetune_steps: int = 0, steps: int | None = None, time_budget: float | None = None,
-             temperature: float = 2.0, alpha: float = 0.5, lr: float | None = None,
+             temperature: float = 2.0, alpha: float = 0.9, lr: float | None = None, smooth: float = 0.8,
              eval_tokens: int | None = None, batch: int | None = None, gen_tokens: int = 64,
              fid_samples: int = 2000, seed: int = 0, overwrite: bool = False, progress=None,
              log=print) -> dict:
@@ -542,13 +542,14 @@ def compress(model: str, out, *, prune: float | None = None, structured: bool = 
     if kind in IMAGE_FAMILIES:
         from .compress import check_options
         check_options(kind, prune=prune, structured=structured, quantize=quantize, distill=distill,
-                      student=student, finetune_steps=finetune_steps, temperature=temperature, alpha=alpha)
-        return _compress_images(where, out, kind, prune=prune, quantize=quantize, batch=batch or 256,
+                      student=student, finetune_steps=finetune_steps, temperature=temperature, alpha=alpha,
+                      smooth=smooth)
+        return _compress_images(where, out, kind, prune=prune, quantize=quantize, smooth=smooth, batch=batch or 256,
                                 fid_samples=fid_samples, overwrite=overwrite, log=log)
     return compress_lm(model, out, kind=kind, where=where, prune=prune, structured=structured,
                        quantize=quantize, distill=distill, student=student, finetune_steps=finetune_steps,
                        steps=steps, time_budget=time_budget, temperature=temperature, alpha=alpha, lr=lr,
-                       eval_tokens=eval_tokens, batch=batch, gen_tokens=gen_tokens, seed=seed,
+                       smooth=smooth, eval_tokens=eval_tokens, batch=batch, gen_tokens=gen_tokens, seed=seed,
                        overwrite=overwrite, progress=progress, log=log)
 
 
@@ -558,12 +559,12 @@ def _image_target(model, family: str):
     return model if family == "vae" else model.sampler
 
 
-def _compress_images(src, out, family: str, *, prune, quantize, batch: int, fid_samples: int,
+def _compress_images(src, out, family: str, *, prune, quantize, smooth: float, batch: int, fid_samples: int,
                      overwrite: bool, log) -> dict:
     import copy
     from .compress.lm import count_weights
     from .compress.prune import magnitude_prune, sparsity
-    from .compress.report import image_row, write_report
+    from .compress.report import image_rows, write_report
     from .compression import _prepare_out
     orig = Run(src)
     quantized = bool(orig.config.get("compress", {}).get("quantize"))
@@ -580,9 +581,19 @@ def _compress_images(src, out, family: str, *, prune, quantize, batch: int, fid_
         log(f"magnitude pruning: {z:,} of {n:,} prunable weights are zero ({z / n:.1%})")
         info["prune"] = {"amount": prune, "structured": False, "zeros": z, "prunable": n, "sparsity": z / n}
     if quantize:
-        n = quantize_int8(target)
-        log(f"int8: {n} Linear layers quantized (convolutions stay float32)")
-        info["quantize"] = quantize
+        from .compress.quantize import int8
+        g = torch.Generator().manual_seed(0)
+        if family == "vae":
+            data = orig._data()
+            x = ImageData.to_float(data.train_x[torch.randperm(len(data.train_x), generator=g)[:512]])
+            batches = lambda: model(x)   # noqa: E731
+        else:
+            z = torch.randn(512, orig.latent_dim, generator=g)
+            batches = lambda: target(z, orig._labels(512, None, g))   # noqa: E731
+        n = int8(target, batches, smooth)
+        log(f"int8: {n} Linear layers quantized (convolutions stay float32); smoothing alpha {smooth:g}, "
+            f"calibrated on 512 {'training images' if family == 'vae' else 'latents'}")
+        info.update(quantize=quantize, smooth_alpha=smooth)
     run = RunDir(out)
     run.prepare_new(overwrite=overwrite)
     for stale in ("report.json", "report.md"):
@@ -602,16 +613,17 @@ def _compress_images(src, out, family: str, *, prune, quantize, batch: int, fid_
     log(f"measuring: latency of {'decoding' if family == 'vae' else 'generating'} at batch 1 and {batch}; "
         + ("test loss (negative ELBO, nats per image)" if family == "vae"
            else f"FID in the dataset classifier's features ({fid_samples} samples)"))
-    rows = []
+    entries = []
     for name, r in (("original", orig), ("compressed", new)):
         if family == "vae":
             quality = {"test_loss": negative_elbo(r.model, data.test_x, ImageData.to_float)["loss"]}
         else:
             quality = {"fid": fid(ref, clf.features(r.sample(fid_samples, seed=0)))}
         g = torch.Generator().manual_seed(0)
-        decode = (lambda z, r=r: r._decode(z, r._labels(len(z), None, g)))
-        rows.append(image_row(name, decode, r.latent_dim, batch, quality, r.path / "model.safetensors",
-                              count_weights(_image_target(r.model, family))))
+        decode = (lambda z, r=r, g=g: r._decode(z, r._labels(len(z), None, g)))
+        entries.append((name, decode, quality, r.path / "model.safetensors",
+                        count_weights(_image_target(r.model, family))))
+    rows = image_rows(entries, orig.latent_dim, batch)
     return write_report(out, rows, {"model": str(src), "family": family})
 
 

@@ -378,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  --finetune-steps N  after pruning (GPT runs): N steps on the run's corpus to recover,\n"
         "                      pruned weights held at zero.\n"
         "  --quantize int8     int8 weights (one scale per output channel) for every Linear layer,\n"
-        "                      activations quantized per call (fbgemm int8 kernels on CPU).\n"
+        "                      activations quantized per call and per token (fbgemm int8 kernels on\n"
+        "                      CPU); outlier activation channels are smoothed into the weights\n"
+        "                      (SmoothQuant, --smooth), calibrated on a few batches of training data.\n"
         "  --distill --student \"layers=2,dim=128\"   (GPT runs) train a smaller GPT on the teacher's\n"
         "                      temperature-softened outputs plus the data loss (--temperature, --alpha).\n"
         "What applies: GPT runs all of these; Hugging Face models, VAE and GAN runs --prune and\n"
@@ -400,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--structured", action="store_true", help="remove heads and neurons (GPT runs)")
     cp.add_argument("--finetune-steps", type=int, default=0, metavar="N", help="recovery steps after pruning (default 0)")
     cp.add_argument("--quantize", default=None, metavar="int8", help="int8 (the one scheme)")
+    cp.add_argument("--smooth", type=float, default=0.8, metavar="ALPHA",
+                    help="--quantize: SmoothQuant strength in [0, 1), calibrated on training data (default 0.8; "
+                         "0: plain per-token int8)")
     cp.add_argument("--distill", action="store_true", help="train a smaller student on the model's outputs")
     cp.add_argument("--student", default=None, metavar="SPEC",
                     help='layers=N,dim=D[,heads=H][,inner=I]; unnamed settings follow the teacher')
@@ -407,8 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",
                     help="--distill: seconds of training")
     cp.add_argument("--temperature", type=float, default=2.0, help="--distill: softening temperature T (default 2)")
-    cp.add_argument("--alpha", type=float, default=0.5,
-                    help="--distill: weight of the teacher's term; 1 - alpha goes to the data loss (default 0.5)")
+    cp.add_argument("--alpha", type=float, default=0.9,
+                    help="--distill: weight of the teacher's term; 1 - alpha goes to the data loss (default 0.9)")
     cp.add_argument("--lr", type=_positive_float, default=None,
                     help="learning rate (default: the run's for --distill, a quarter of it for fine-tuning)")
     cp.add_argument("--eval-tokens", type=_positive_int, default=None,
@@ -538,7 +543,7 @@ def _dispatch(a) -> int:
         rep = api.compress(a.model, a.out, prune=a.prune, structured=a.structured, quantize=a.quantize,
                            distill=a.distill, student=a.student, finetune_steps=a.finetune_steps,
                            steps=a.steps, time_budget=a.time_budget, temperature=a.temperature,
-                           alpha=a.alpha, lr=a.lr, eval_tokens=a.eval_tokens, batch=a.batch,
+                           alpha=a.alpha, lr=a.lr, smooth=a.smooth, eval_tokens=a.eval_tokens, batch=a.batch,
                            gen_tokens=a.gen_tokens, fid_samples=a.fid_samples, seed=a.seed,
                            overwrite=a.overwrite, progress=False if a.no_progress else None, log=_note)
         print(rep["table"])

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from .compress import check_options
+from .compress.quantize import DEFAULT_ALPHA
 from .compress.lm import HF_INT8_KEY, check_gpt_source, compress_gpt, compress_hf, count_weights
-from .compress.report import lm_row, threads_note, write_report
+from .compress.report import lm_rows, threads_note, write_report
 from .errors import GenlabError
 from .runs import RunDir
 
@@ -50,10 +51,10 @@ def _prepare_out(out, src, overwrite: bool) -> Path:
 
 def compress_lm(spec: str, out, *, kind: str, where, prune=None, structured=False, quantize=None,
                 distill=False, student=None, finetune_steps=0, steps=None, time_budget=None,
-                temperature=2.0, alpha=0.5, lr=None, eval_tokens=None, batch=None, gen_tokens=64,
-                seed=0, overwrite=False, progress=None, log=print) -> dict:
+                temperature=2.0, alpha=0.9, lr=None, smooth=DEFAULT_ALPHA, eval_tokens=None, batch=None,
+                gen_tokens=64, seed=0, overwrite=False, progress=None, log=print) -> dict:
     check_options(kind, prune=prune, structured=structured, quantize=quantize, distill=distill, student=student,
-                  finetune_steps=finetune_steps, temperature=temperature, alpha=alpha)
+                  finetune_steps=finetune_steps, temperature=temperature, alpha=alpha, smooth=smooth)
     if distill:
         _check(steps is not None or time_budget is not None, "--distill needs --steps N or --time-budget SECONDS")
     if kind == "hf":
@@ -71,14 +72,15 @@ def compress_lm(spec: str, out, *, kind: str, where, prune=None, structured=Fals
                 (run.path / stale).unlink()
         compress_gpt(Path(where), run, prune=prune, structured=structured, quantize=quantize, distill=distill,
                      student=student, finetune_steps=finetune_steps, steps=steps, time_budget=time_budget,
-                     temperature=temperature, alpha=alpha, lr=lr, seed=seed, progress=progress, log=log)
+                     temperature=temperature, alpha=alpha, lr=lr, smooth=smooth, seed=seed, progress=progress,
+                     log=log)
     else:
         if out.exists() and any(out.iterdir()):
             _check((out / "genlab-compress.json").is_file(),
                    f"{out}: not a model genlab compress wrote; --overwrite replaces only those")
             shutil.rmtree(out)
         try:
-            compress_hf(spec, out, prune=prune, quantize=quantize, log=log)
+            compress_hf(spec, out, prune=prune, quantize=quantize, smooth=smooth, log=log)
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             raise
@@ -91,7 +93,7 @@ def _hf_config(spec):
     return AutoConfig.from_pretrained(hf_dir(spec, log=lambda *a: None))
 
 
-def _held_out_ids(tm, kind: str, config: dict | None, eval_tokens: int) -> tuple[np.ndarray, str]:
+def _held_out_ids(tm, kind: str, eval_tokens: int) -> tuple[np.ndarray, str]:
     """Held-out token ids to score: the run's held-out split for a genlab GPT; the
     Shakespeare held-out plays, in the model's own tokens, for a Hugging Face model."""
     from .data.text import load_corpus
@@ -107,27 +109,25 @@ def _held_out_ids(tm, kind: str, config: dict | None, eval_tokens: int) -> tuple
 
 def measure_lm(spec: str, out, *, kind: str, eval_tokens=None, batch=None, gen_tokens: int = 64,
                log=print) -> dict:
-    """Load the original (`spec`) and the compressed model (`out`) and measure both."""
+    """Load the original (`spec`) and the compressed model (`out`) from disk and measure
+    both side by side."""
     from .llm.finetune import load_text_model
     from .llm.hf import CausalLM
     out = Path(out)
     eval_tokens = eval_tokens or (32768 if kind == "gpt" else 8192)
     batch = batch or (16 if kind == "gpt" else 8)
-    rows = []
-    ids = None
+    entries = []
     for name, where in (("original", spec), ("compressed", str(out))):
         tm = load_text_model(where, log=lambda *a: None)
         if kind == "gpt":
             module, window, weights = tm.model, tm.block_size, Path(where) / "model.safetensors"
         else:
-            module, window, weights = CausalLM(tm.model), min(tm.context, 256), Path(_weights_dir(where))
-        if ids is None:
-            ids, source = _held_out_ids(tm, kind, getattr(tm, "config", None), eval_tokens)
-            log(f"measuring on {len(ids):,} tokens of {source} (windows of {window}); latency at batch 1 "
-                f"and {batch}; greedy generation of {gen_tokens} tokens ({threads_note()})")
-        rows.append(lm_row(name, tm, module, ids, window, batch, gen_tokens, weights, count_weights(tm.model)))
-        log(f"  {name}: val loss {rows[-1]['val_loss']:.4f}, {rows[-1]['tokens_per_s']:.1f} tokens/s")
-        del tm, module
+            module, window, weights = CausalLM(tm.model), min(tm.context, 256), _weights_dir(where)
+        entries.append((name, tm, module, weights, count_weights(tm.model)))
+    ids, source = _held_out_ids(entries[0][1], kind, eval_tokens)
+    log(f"measuring on {len(ids):,} tokens of {source} (windows of {window}); latency at batch 1 and "
+        f"{batch}, and greedy generation of {gen_tokens} tokens, the two models alternating ({threads_note()})")
+    rows = lm_rows(entries, ids, window, batch, gen_tokens)
     return write_report(out, rows, {"model": spec, "source": source})
 
 

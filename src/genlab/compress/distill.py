@@ -51,7 +51,7 @@ class DistillTask(LMTask):
     """LMTask whose loss mixes the teacher's softened outputs with the data loss."""
 
     def __init__(self, student: GPT, teacher: GPT, data: dict, *, temperature: float = 2.0,
-                 alpha: float = 0.5, **kw):
+                 alpha: float = 0.9, **kw):
         super().__init__(student, data, **kw)
         self.teacher = teacher.eval().requires_grad_(False).to(self.device)
         self.T, self.alpha = temperature, alpha

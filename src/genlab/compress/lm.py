@@ -19,10 +19,14 @@ from ..errors import GenlabError
 from ..models.gpt import GPT, GPTConfig
 from ..models.int8 import Int8Embedding, Int8Linear, quantize_int8
 from ..runs import RunDir, atomic_path
-from ..train.lm import LMTask
+from ..train.lm import LMTask, windows
 from ..train.loop import IterConfig, fit_iters
 from .distill import DistillTask, parse_student
+from .quantize import DEFAULT_ALPHA, int8
 from .prune import apply_masks, magnitude_prune, prune_gpt_structured, sparsity
+
+
+CALIBRATION_WINDOWS = 8   # windows of training text that calibrate int8 smoothing
 
 
 def _check(cond, msg):
@@ -81,8 +85,8 @@ def check_gpt_source(src, config: dict, *, quantize=None, prune=None, distill=Fa
 def compress_gpt(src: Path, out: RunDir, *, prune: float | None = None, structured: bool = False,
                  quantize: str | None = None, distill: bool = False, student: str | None = None,
                  finetune_steps: int = 0, steps: int | None = None, time_budget: float | None = None,
-                 temperature: float = 2.0, alpha: float = 0.5, lr: float | None = None, seed: int = 0,
-                 progress=None, log=print) -> dict:
+                 temperature: float = 2.0, alpha: float = 0.9, lr: float | None = None,
+                 smooth: float = DEFAULT_ALPHA, seed: int = 0, progress=None, log=print) -> dict:
     """Compress the genlab GPT run at `src` into the new run `out` (prepared by the
     caller). Order: distil a student, prune (then fine-tune `finetune_steps` with the
     pruned weights held at zero), quantize. Returns the `compress` section written to
@@ -160,9 +164,14 @@ def compress_gpt(src: Path, out: RunDir, *, prune: float | None = None, structur
             info["prune"].update(zeros=z, prunable=n, sparsity=z / n)
 
     if quantize:
-        n = quantize_int8(model)
-        log(f"int8: {n} Linear layers quantized (per-channel weights, dynamic per-call activations)")
-        info["quantize"] = quantize
+        data = data or encoded_corpus(corp, tok, log=None)
+        g = torch.Generator().manual_seed(seed)
+        starts = torch.randint(0, len(data["train"]) - block - 1, (CALIBRATION_WINDOWS,), generator=g).tolist()
+        x, _ = windows(data["train"], starts, block)
+        n = int8(model, lambda: model(x), smooth)
+        log(f"int8: {n} layers quantized (per-channel int8 weights, per-token int8 activations; "
+            f"smoothing alpha {smooth:g}, calibrated on {CALIBRATION_WINDOWS} training windows)")
+        info.update(quantize=quantize, smooth_alpha=smooth, calibration=f"{CALIBRATION_WINDOWS} windows of the training split")
     new_config["compress"] = {**config.get("compress", {}), **info}
     new_config["model"] = model.cfg.to_dict()
     out.write_config(new_config)
@@ -190,7 +199,7 @@ HF_INT8_KEY = "genlab_quantization"
 
 
 def compress_hf(spec: str, out: Path, *, prune: float | None = None, quantize: str | None = None,
-                log=print) -> dict:
+                smooth: float = DEFAULT_ALPHA, calibration: str = "shakespeare", log=print) -> dict:
     """Unstructured prune and/or int8 of a Hugging Face causal LM, written as a Hugging
     Face directory at `out` (config, tokenizer, model.safetensors; int8 tensors when
     quantized, which genlab's loader rebuilds)."""
@@ -212,9 +221,17 @@ def compress_hf(spec: str, out: Path, *, prune: float | None = None, quantize: s
             if (src / extra).is_file():
                 shutil.copy(src / extra, out / extra)
     if quantize:
-        n = quantize_int8(model)
-        log(f"int8: {n} Linear layers quantized (per-channel weights, dynamic per-call activations)")
-        info["quantize"] = quantize
+        from ..llm.hf import _encode
+        cfg = model.config
+        window = min(256, int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 256)))
+        text = load_corpus(calibration, quiet=True).text("train")[:40_000]
+        ids = torch.tensor(_encode(tok, text)[:4 * window])
+        _check(len(ids) == 4 * window, f"{calibration}: too little training text to calibrate on")
+        n = int8(model, lambda: model(input_ids=ids.view(4, window)), smooth)
+        log(f"int8: {n} layers quantized (per-channel int8 weights, per-token int8 activations; "
+            f"smoothing alpha {smooth:g}, calibrated on {4 * window} tokens of {calibration}'s training split)")
+        info.update(quantize=quantize, smooth_alpha=smooth,
+                    calibration=f"{4 * window} tokens of {calibration} (training split)")
         model.config.update({HF_INT8_KEY: quantize})
         model.config.save_pretrained(out)
         RunDir(out).save_weights(model)

@@ -30,57 +30,74 @@ def file_bytes(path) -> int:
 
 
 @torch.inference_mode()
-def latency_ms(fn, min_repeats: int = 5, min_seconds: float = 1.0) -> float:
-    """Median milliseconds of fn() over at least `min_repeats` calls and `min_seconds`,
-    after two warm-up calls."""
-    fn()
-    fn()
-    times, start = [], time.perf_counter()
-    while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
+def paired_latency(fns: list, min_rounds: int = 7, min_seconds: float = 2.0) -> list[float]:
+    """Median milliseconds of each fn(), measured in alternating rounds (one call of each
+    per round, so drift and noise on a shared machine fall on all of them alike), after
+    two warm-up calls each; at least `min_rounds` rounds and `min_seconds`."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 200:
-            break
-    return statistics.median(times) * 1e3
+        fn()
+    times = [[] for _ in fns]
+    start = time.perf_counter()
+    while len(times[0]) < min_rounds or (time.perf_counter() - start < min_seconds and len(times[0]) < 200):
+        for t, fn in zip(times, fns):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    return [statistics.median(t) * 1e3 for t in times]
 
 
-def tokens_per_second(tm, prompt_ids: list, n_tokens: int) -> tuple[float, int]:
-    """(tokens/s, tokens) of greedy generation at batch 1 with the KV cache."""
+def _generated(tm, prompt_ids: list, n_tokens: int) -> int:
     g = torch.Generator().manual_seed(0)
-    it = tm._token_ids(list(prompt_ids), 4, 0.0, None, None, g, True)
-    for _ in it:   # warm-up (allocations, prepacking)
-        pass
-    t0 = time.perf_counter()
-    n = sum(1 for _ in tm._token_ids(list(prompt_ids), n_tokens, 0.0, None, None, g, True))
-    return n / (time.perf_counter() - t0), n
+    return sum(1 for _ in tm._token_ids(list(prompt_ids), n_tokens, 0.0, None, None, g, True))
 
 
-def lm_row(name: str, tm, module, ids: np.ndarray, window: int, batch: int, gen_tokens: int,
-           weights_path, params: int) -> dict:
-    """Measure a language model: `module` (forward(idx) -> (logits, _)) for latency and
-    loss, `tm` (a TextModel) for generation speed."""
+def tokens_per_second(tms: list, prompt_ids: list, n_tokens: int, rounds: int = 3) -> list[float]:
+    """Greedy generation speed (tokens/s at batch 1, KV cache) of each TextModel, the
+    median of `rounds` alternating runs after a short warm-up."""
+    for tm in tms:
+        _generated(tm, prompt_ids, 4)
+    rates = [[] for _ in tms]
+    for _ in range(rounds):
+        for r, tm in zip(rates, tms):
+            t0 = time.perf_counter()
+            n = _generated(tm, prompt_ids, n_tokens)
+            r.append(n / (time.perf_counter() - t0))
+    return [statistics.median(r) for r in rates]
+
+
+def lm_rows(entries: list[tuple], ids: np.ndarray, window: int, batch: int, gen_tokens: int) -> list[dict]:
+    """Measure language models side by side. entries: (name, text model, module, weights
+    path, parameter count), the module being forward(idx) -> (logits, _)."""
     from ..train.lm import sliding_loss, windows
-    module.eval()
     x1, _ = windows(ids, [0], window)
     starts = np.linspace(0, len(ids) - window - 1, batch).astype(np.int64).tolist()
     xb, _ = windows(ids, starts, window)
-    loss, n = sliding_loss(module, ids, window, stride=window, batch=batch)
-    tps, _ = tokens_per_second(tm, ids[:16].tolist(), gen_tokens)
-    return {"model": name, "params": params, "disk_bytes": file_bytes(weights_path),
-            "latency_b1_ms": latency_ms(lambda: module(x1)),
-            "latency_batch_ms": latency_ms(lambda: module(xb)), "batch": batch, "window": window,
-            "tokens_per_s": tps, "val_loss": loss, "perplexity": math.exp(loss), "eval_tokens": n}
+    rows = []
+    for name, tm, module, weights, params in entries:
+        module.eval()
+        loss, n = sliding_loss(module, ids, window, stride=window, batch=batch)
+        rows.append({"model": name, "params": params, "disk_bytes": file_bytes(weights), "batch": batch,
+                     "window": window, "val_loss": loss, "perplexity": math.exp(loss), "eval_tokens": n})
+    mods = [e[2] for e in entries]
+    lat1 = paired_latency([lambda m=m: m(x1) for m in mods])
+    latb = paired_latency([lambda m=m: m(xb) for m in mods])
+    tps = tokens_per_second([e[1] for e in entries], ids[:16].tolist(), gen_tokens)
+    for r, a, b, t in zip(rows, lat1, latb, tps):
+        r.update(latency_b1_ms=a, latency_batch_ms=b, tokens_per_s=t)
+    return rows
 
 
-def image_row(name: str, decode, latent_dim: int, batch: int, quality: dict, weights_path,
-              params: int) -> dict:
-    """Measure an image generator: `decode(z)` maps latents (B, latent_dim) to images."""
+def image_rows(entries: list[tuple], latent_dim: int, batch: int) -> list[dict]:
+    """Measure image generators side by side. entries: (name, decode(z) -> images,
+    quality dict, weights path, parameter count)."""
     g = torch.Generator().manual_seed(0)
     z1, zb = torch.randn(1, latent_dim, generator=g), torch.randn(batch, latent_dim, generator=g)
-    return {"model": name, "params": params, "disk_bytes": file_bytes(weights_path),
-            "latency_b1_ms": latency_ms(lambda: decode(z1)), "latency_batch_ms": latency_ms(lambda: decode(zb)),
-            "batch": batch, **quality}
+    lat1 = paired_latency([lambda d=e[1]: d(z1) for e in entries])
+    latb = paired_latency([lambda d=e[1]: d(zb) for e in entries])
+    return [{"model": name, "params": params, "disk_bytes": file_bytes(weights), "latency_b1_ms": a,
+             "latency_batch_ms": b, "batch": batch, **quality}
+            for (name, _, quality, weights, params), a, b in zip(entries, lat1, latb)]
 
 
 # -- the table -----------------------------------------------------------------------------

@@ -2,15 +2,19 @@
 output channel, and an Embedding that shares such a weight (tied input and output
 embeddings, as in GPT and SmolLM2).
 
-    w_int8[o, :] = round(w[o, :] / scale[o]),  scale[o] = max|w[o, :]| / 127
+    w_int8[o, :] = round(w[o, :] * smooth / scale[o]),  scale[o] = max|w[o, :] * smooth| / 127
+    y = (x / smooth) @ dequant(w_int8).T + b
 
-At run time the activations are quantized too, per call ("dynamic" quantization): on a
-CPU with PyTorch's fbgemm kernels the matrix product runs in int8 with int32
-accumulation (`torch.ops.quantized.linear_dynamic`, the kernel behind the deprecated
-`torch.ao.quantization.quantize_dynamic`). Elsewhere -- a GPU, a build without fbgemm --
-the weight is dequantized and multiplied in float, with the same numbers stored. The
-state dict is plain tensors (int8 weight, float32 scale, bias), so it saves to
-safetensors and loads anywhere.
+At run time the activations are quantized too, per call ("dynamic" quantization) and per
+token: each row of x is scaled to the same range before PyTorch's fbgemm kernel
+(`torch.ops.quantized.linear_dynamic`, the kernel behind the deprecated
+`torch.ao.quantization.quantize_dynamic`, which takes one range for the whole tensor)
+quantizes it, multiplies in int8 with int32 accumulation, and the rows are scaled back.
+`smooth` (SmoothQuant, Xiao et al. 2023; all ones unless calibrated) moves the range of
+outlier activation channels into the weights, where per-channel scales absorb it.
+Where fbgemm is missing -- a GPU, a build without it -- the weight is dequantized and
+multiplied in float (weight-only int8), from the same stored numbers. The state dict is
+plain tensors (int8 weight, float32 scale, smooth and bias), so it saves to safetensors.
 """
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ def _fbgemm() -> bool:
     return "fbgemm" in torch.backends.quantized.supported_engines
 
 
+_FBGEMM = _fbgemm()
+
+
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 weight, float32 scale per row): symmetric, per output channel."""
     w = w.detach().float()
@@ -33,22 +40,37 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+def _is_conv1d(m: nn.Module) -> bool:
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf") and m.weight.dim() == 2
+
+
+def float_weight(m: nn.Module) -> torch.Tensor:
+    """The (out, in) weight of an nn.Linear or a transformers Conv1D (which holds (in, out))."""
+    return m.weight.t() if _is_conv1d(m) else m.weight
+
+
 class Int8Linear(nn.Module):
-    """y = x @ dequant(W).T + b, with W held in int8 (4x smaller than float32)."""
+    """y = x @ W.T + b with W held in int8 (4x smaller than float32)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(out_features))
+        self.register_buffer("smooth", torch.ones(in_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._packed = None   # fbgemm's prepacked weight, built on first use
+        self._packed = None     # fbgemm's prepacked weight, built on first use (False: no fbgemm)
+        self._smoothed = None   # whether smooth is not all ones (checked on first use)
 
     @classmethod
-    def from_float(cls, lin: nn.Module) -> "Int8Linear":
-        """From an nn.Linear, or a transformers Conv1D (GPT-2's linear layer, weight (in, out))."""
-        w = lin.weight.t() if _is_conv1d(lin) else lin.weight
+    def from_float(cls, lin: nn.Module, smooth: torch.Tensor | None = None) -> "Int8Linear":
+        """From an nn.Linear or a transformers Conv1D; `smooth` (in_features,) divides the
+        input and multiplies the weight's columns (the product is unchanged)."""
+        w = float_weight(lin).detach().float()
         m = cls(w.shape[1], w.shape[0], lin.bias is not None)
+        if smooth is not None:
+            m.smooth.copy_(smooth)
+            w = w * smooth[None, :]
         q, s = quantize_rows(w)
         m.weight.copy_(q)
         m.scale.copy_(s)
@@ -57,81 +79,97 @@ class Int8Linear(nn.Module):
         return m.to(lin.weight.device)
 
     def dequantize(self) -> torch.Tensor:
-        return self.weight.float() * self.scale[:, None]
+        """The float weight this layer multiplies by (smoothing undone)."""
+        return self.weight.float() * self.scale[:, None] / self.smooth[None, :]
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._packed = None
+        self._packed = self._smoothed = None
 
     def _apply(self, fn, *args, **kwargs):
-        self._packed = None
+        self._packed = self._smoothed = None
         return super()._apply(fn, *args, **kwargs)
 
     def _prepack(self):
-        """fbgemm's packed int8 weight, or None where this PyTorch has no such kernel (the
-        quantized-tensor API it needs is deprecated: then the float path takes over)."""
+        """fbgemm's packed int8 weight (bias kept apart), or None where this PyTorch has no
+        such kernel (the quantized-tensor API it needs is deprecated: then the float path
+        takes over)."""
         if self._packed is None:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    qw = torch.quantize_per_channel(self.dequantize(), self.scale.double(),
-                                                    torch.zeros(self.out_features, dtype=torch.long),
-                                                    0, torch.qint8)
-                    prev = torch.backends.quantized.engine
-                    torch.backends.quantized.engine = "fbgemm"
-                    try:
-                        self._packed = torch.ops.quantized.linear_prepack(qw, self.bias)
-                    finally:
-                        torch.backends.quantized.engine = prev
-            except (RuntimeError, AttributeError, NotImplementedError):
-                self._packed = False
-        return None if self._packed is False else self._packed
+            self._packed = False
+            if _FBGEMM and self.weight.device.type == "cpu":
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        qw = torch._make_per_channel_quantized_tensor(
+                            self.weight, self.scale.double(), torch.zeros(self.out_features, dtype=torch.long), 0)
+                        prev = torch.backends.quantized.engine
+                        torch.backends.quantized.engine = "fbgemm"
+                        try:
+                            self._packed = torch.ops.quantized.linear_prepack(qw, None)
+                        finally:
+                            torch.backends.quantized.engine = prev
+                except (RuntimeError, AttributeError, NotImplementedError):
+                    self._packed = False
+        return self._packed if self._packed is not False else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.float32 and _fbgemm() and self._prepack() is not None:
+        if self._smoothed is None:
+            self._smoothed = not bool((self.smooth == 1).all())
+        if self._smoothed:
+            x = x / self.smooth
+        packed = self._prepack() if x.dtype == torch.float32 else None
+        if packed is None:
+            return F.linear(x, (self.weight.to(x.dtype) * self.scale[:, None].to(x.dtype)),
+                            None if self.bias is None else self.bias.to(x.dtype))
+        x = x.contiguous()
+        if x.numel() > x.shape[-1]:   # several tokens: quantize each with its own range
+            amax = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
             # reduce_range: 7-bit activations, so AVX2's int16 pair sums cannot saturate
-            return torch.ops.quantized.linear_dynamic(x.contiguous(), self._packed, True)
-        return F.linear(x, self.dequantize().to(x.dtype),
-                        None if self.bias is None else self.bias.to(x.dtype))
+            y = torch.ops.quantized.linear_dynamic(x / amax, packed, True) * amax
+        else:
+            y = torch.ops.quantized.linear_dynamic(x, packed, True)
+        return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
 class Int8Embedding(nn.Module):
-    """An embedding lookup from an int8 weight + per-row scale, usually shared with the
-    tied output layer (the same tensors, stored once)."""
+    """An embedding lookup from an int8 weight + per-row scale (and the smoothing of the
+    output layer it is tied to), sharing those tensors with that layer: stored once."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__()
         self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(num_embeddings))
+        self.register_buffer("smooth", torch.ones(embedding_dim))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.weight[idx].float() * self.scale[idx].unsqueeze(-1)
+        return self.weight[idx].float() * self.scale[idx].unsqueeze(-1) / self.smooth
 
 
-def _is_conv1d(m: nn.Module) -> bool:
-    return type(m).__name__ == "Conv1D" and hasattr(m, "nf") and m.weight.dim() == 2
+def linear_layers(module: nn.Module) -> dict[str, nn.Module]:
+    """{qualified name: layer} of every nn.Linear and transformers Conv1D."""
+    return {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear) or _is_conv1d(m)}
 
 
-def quantize_int8(module: nn.Module, skip=()) -> int:
-    """Replace, in place, every nn.Linear (or GPT-2 Conv1D) of `module` by an Int8Linear (except those whose
-    qualified name is in `skip`), and every nn.Embedding whose weight is tied to such a
-    Linear by an Int8Embedding sharing its int8 tensors. Returns the number of layers
-    replaced. Other layers (norms, untied embeddings, convolutions) stay float32."""
-    named = dict(module.named_modules())
-    linears = {n: m for n, m in named.items() if (isinstance(m, nn.Linear) or _is_conv1d(m)) and n not in skip}
-    new = {n: Int8Linear.from_float(m) for n, m in linears.items()}
+def quantize_int8(module: nn.Module, skip=(), smooth: dict | None = None) -> int:
+    """Replace, in place, every nn.Linear (or GPT-2 Conv1D) of `module` by an Int8Linear
+    (except those whose qualified name is in `skip`; `smooth` maps names to smoothing
+    vectors), and every nn.Embedding whose weight is tied to such a layer by an
+    Int8Embedding sharing its tensors. Returns the number of layers replaced. Other
+    layers (norms, untied embeddings, convolutions) stay float32."""
+    smooth = smooth or {}
+    linears = {n: m for n, m in linear_layers(module).items() if n not in skip}
+    new = {n: Int8Linear.from_float(m, smooth.get(n)) for n, m in linears.items()}
     by_weight = {id(m.weight): new[n] for n, m in linears.items()}
-    for n, m in named.items():
+    for n, m in module.named_modules():
         if isinstance(m, nn.Embedding) and id(m.weight) in by_weight:
             src = by_weight[id(m.weight)]
             emb = Int8Embedding(m.num_embeddings, m.embedding_dim)
-            emb.weight, emb.scale = src.weight, src.scale   # tied: the same tensors
+            emb.weight, emb.scale, emb.smooth = src.weight, src.scale, src.smooth   # tied: the same tensors
             new[n] = emb
     for n, m in new.items():
         parent, _, child = n.rpartition(".")
         setattr(module.get_submodule(parent) if parent else module, child, m)
     return len(new)
-
