@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.genlab-installed
 
-.PHONY: demo test test-slow bench bench-gan bench-lm bench-finetune venv clean
+.PHONY: demo test test-slow bench bench-gan bench-lm bench-finetune bench-compress venv clean
 
 venv: $(STAMP)
 
@@ -73,6 +73,9 @@ bench-lm: $(STAMP)
 
 bench-finetune: $(STAMP)
 	$(PY) benchmarks/finetune.py
+
+bench-compress: $(STAMP)
+	$(PY) benchmarks/compress.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -52,9 +52,9 @@ def _fmt_size(b):
 def backends() -> None:
     from genlab.compress.report import paired_latency
     from genlab.models.gpt import GPT, GPTConfig
-    from genlab.models.int8 import quantize_int8
+    from genlab.compress.quantize import int8
     say("\n## int8 implementations (forward pass over a 128-token window; median ms)\n")
-    say("| GPT (random weights) | batch | fp32 | genlab Int8Linear (fbgemm) | torch.ao quantize_dynamic (deprecated) | torchao int8 dynamic | torchao int8 weight-only |")
+    say("| GPT (random weights) | batch | fp32 | genlab Int8Linear (fbgemm, calibrated) | torch.ao quantize_dynamic (deprecated) | torchao int8 dynamic | torchao int8 weight-only |")
     say("|---|---|---|---|---|---|---|")
     try:
         with warnings.catch_warnings():
@@ -67,7 +67,8 @@ def backends() -> None:
         torch.manual_seed(0)
         m = GPT(GPTConfig(vocab_size=76, n_layer=layers, n_head=max(1, dim // 64), n_embd=dim, block_size=128)).eval()
         ours = copy.deepcopy(m)
-        quantize_int8(ours)
+        xcal = torch.randint(0, 76, (4, 128), generator=torch.Generator().manual_seed(1))
+        int8(ours, lambda: ours(xcal))   # calibrated as genlab compress does (random tokens here)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from torch.ao.quantization import quantize_dynamic

@@ -84,6 +84,21 @@ def test_smoothing_tames_an_outlier_channel_without_changing_the_function():
     assert not bool((m[0].smooth == 1).all())
 
 
+def test_calibration_keeps_per_token_ranges_only_where_they_matter():
+    from genlab.compress.quantize import int8
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 64)
+    even = torch.randn(256, 64)                                   # every token alike
+    uneven = even * torch.logspace(-2, 2, 256)[:, None]           # tokens 10^4 apart in size
+    for x, want in ((even, 0), (uneven, 1)):
+        m = torch.nn.Sequential(torch.nn.Linear(64, 64))
+        m[0].load_state_dict(lin.state_dict())
+        n, per_token = int8(m, lambda m=m, x=x: m(x), 0.0)
+        assert (n, per_token, int(m[0].per_token.item())) == (1, want, want)
+        err = float((m(uneven) - lin(uneven)).norm() / lin(uneven).norm())
+        assert (err < 0.02) == bool(want)   # one range per call cannot hold such tokens
+
+
 def test_quantized_gpt_ties_its_embedding_and_reloads_bit_exactly(tmp_path):
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=65, n_layer=2, n_head=2, n_embd=64, block_size=32))
@@ -273,6 +288,8 @@ def test_bad_inputs_are_one_line_and_write_nothing(gpt_run, trained_run, tmp_pat
         (dict(distill=True, steps=5), "--student"),
         (dict(distill=True, student="layers=1"), "--steps"),
         (dict(distill=True, student="depth=1", steps=5), "KEY=VALUE"),
+        (dict(quantize="int8", steps=5), "are for --distill"),
+        (dict(quantize="int8", smooth=1.0), "--smooth must be in"),
     ]
     for kw, msg in cases:
         with pytest.raises(GenlabError, match=msg):

@@ -543,7 +543,7 @@ def compress(model: str, out, *, prune: float | None = None, structured: bool = 
         from .compress import check_options
         check_options(kind, prune=prune, structured=structured, quantize=quantize, distill=distill,
                       student=student, finetune_steps=finetune_steps, temperature=temperature, alpha=alpha,
-                      smooth=smooth)
+                      smooth=smooth, steps=steps, time_budget=time_budget)
         return _compress_images(where, out, kind, prune=prune, quantize=quantize, smooth=smooth, batch=batch or 256,
                                 fid_samples=fid_samples, overwrite=overwrite, log=log)
     return compress_lm(model, out, kind=kind, where=where, prune=prune, structured=structured,
@@ -590,10 +590,10 @@ def _compress_images(src, out, family: str, *, prune, quantize, smooth: float, b
         else:
             z = torch.randn(512, orig.latent_dim, generator=g)
             batches = lambda: target(z, orig._labels(512, None, g))   # noqa: E731
-        n = int8(target, batches, smooth)
-        log(f"int8: {n} Linear layers quantized (convolutions stay float32); smoothing alpha {smooth:g}, "
-            f"calibrated on 512 {'training images' if family == 'vae' else 'latents'}")
-        info.update(quantize=quantize, smooth_alpha=smooth)
+        n, pt = int8(target, batches, smooth)
+        log(f"int8: {n} Linear layers quantized (convolutions stay float32), per-token activations in {pt}; "
+            f"smoothing alpha {smooth:g}; calibrated on 512 {'training images' if family == 'vae' else 'latents'}")
+        info.update(quantize=quantize, smooth_alpha=smooth, per_token_layers=pt)
     run = RunDir(out)
     run.prepare_new(overwrite=overwrite)
     for stale in ("report.json", "report.md"):

@@ -54,9 +54,8 @@ def compress_lm(spec: str, out, *, kind: str, where, prune=None, structured=Fals
                 temperature=2.0, alpha=0.9, lr=None, smooth=DEFAULT_ALPHA, eval_tokens=None, batch=None,
                 gen_tokens=64, seed=0, overwrite=False, progress=None, log=print) -> dict:
     check_options(kind, prune=prune, structured=structured, quantize=quantize, distill=distill, student=student,
-                  finetune_steps=finetune_steps, temperature=temperature, alpha=alpha, smooth=smooth)
-    if distill:
-        _check(steps is not None or time_budget is not None, "--distill needs --steps N or --time-budget SECONDS")
+                  finetune_steps=finetune_steps, temperature=temperature, alpha=alpha, smooth=smooth,
+                  steps=steps, time_budget=time_budget)
     if kind == "hf":
         _check(getattr(_hf_config(where), HF_INT8_KEY, None) is None or quantize is None,
                f"{spec}: already quantized to int8; compress the model it came from")

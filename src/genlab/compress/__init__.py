@@ -17,7 +17,7 @@ QUANTIZE = ("int8",)
 
 
 def check_options(kind: str, *, prune=None, structured=False, quantize=None, distill=False, student=None,
-                  finetune_steps=0, temperature=2.0, alpha=0.9, smooth=0.8) -> None:
+                  finetune_steps=0, temperature=2.0, alpha=0.9, smooth=0.8, steps=None, time_budget=None) -> None:
     """One clear error for options that are out of range or do not apply to `kind`."""
     def fail(msg):
         raise GenlabError(msg)
@@ -36,6 +36,8 @@ def check_options(kind: str, *, prune=None, structured=False, quantize=None, dis
         fail('--distill needs --student SPEC, e.g. --student "layers=2,dim=128"')
     if student and not distill:
         fail("--student is for --distill")
+    if (steps is not None or time_budget is not None) and not distill:
+        fail("--steps and --time-budget are for --distill (pruning recovers with --finetune-steps)")
     if prune is None and quantize is None and not distill:
         fail("nothing to do: give --prune AMOUNT, --quantize int8 and/or --distill --student SPEC")
     if not temperature > 0:
@@ -51,3 +53,5 @@ def check_options(kind: str, *, prune=None, structured=False, quantize=None, dis
     if bad:
         which = "; ".join(f"{KIND_NAMES[k]}: {', '.join(v)}" for k, v in APPLIES.items())
         fail(f"{', '.join(bad)} does not apply to {KIND_NAMES[kind]} (what applies -- {which})")
+    if distill and steps is None and time_budget is None:
+        fail("--distill needs --steps N or --time-budget SECONDS")

@@ -59,8 +59,11 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", torch.ones(out_features))
         self.register_buffer("smooth", torch.ones(in_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        # 1: each token's activations get their own int8 range; 0: one range per call
+        # (faster; calibration chooses it where it costs no accuracy)
+        self.register_buffer("per_token", torch.ones(1, dtype=torch.uint8))
         self._packed = None     # fbgemm's prepacked weight, built on first use (False: no fbgemm)
-        self._smoothed = None   # whether smooth is not all ones (checked on first use)
+        self._flags = None      # (smoothed, per_token) as Python bools, read on first use
 
     @classmethod
     def from_float(cls, lin: nn.Module, smooth: torch.Tensor | None = None) -> "Int8Linear":
@@ -84,10 +87,10 @@ class Int8Linear(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._packed = self._smoothed = None
+        self._packed = self._flags = None
 
     def _apply(self, fn, *args, **kwargs):
-        self._packed = self._smoothed = None
+        self._packed = self._flags = None
         return super()._apply(fn, *args, **kwargs)
 
     def _prepack(self):
@@ -113,19 +116,23 @@ class Int8Linear(nn.Module):
         return self._packed if self._packed is not False else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._smoothed is None:
-            self._smoothed = not bool((self.smooth == 1).all())
-        if self._smoothed:
-            x = x / self.smooth
+        if self._flags is None:
+            self._flags = (not bool((self.smooth == 1).all()), bool(self.per_token.item()))
+        smoothed, per_token = self._flags
+        return self.matmul(x / self.smooth if smoothed else x, per_token)
+
+    def matmul(self, x: torch.Tensor, per_token: bool) -> torch.Tensor:
+        """The product for an already smoothed input, with one int8 range per token or
+        one for the whole call."""
         packed = self._prepack() if x.dtype == torch.float32 else None
         if packed is None:
             return F.linear(x, (self.weight.to(x.dtype) * self.scale[:, None].to(x.dtype)),
                             None if self.bias is None else self.bias.to(x.dtype))
         x = x.contiguous()
-        if x.numel() > x.shape[-1]:   # several tokens: quantize each with its own range
-            amax = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
-            # reduce_range: 7-bit activations, so AVX2's int16 pair sums cannot saturate
-            y = torch.ops.quantized.linear_dynamic(x / amax, packed, True) * amax
+        # reduce_range (True): 7-bit activations, so AVX2's int16 pair sums cannot saturate
+        if per_token and x.numel() > x.shape[-1]:   # several tokens: each its own range
+            amax = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True).clamp_(min=1e-12)
+            y = torch.ops.quantized.linear_dynamic(x / amax, packed, True).mul_(amax)
         else:
             y = torch.ops.quantized.linear_dynamic(x, packed, True)
         return y if self.bias is None else y + self.bias
