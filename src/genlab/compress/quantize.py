@@ -59,7 +59,7 @@ def smoothing(module: nn.Module, amax: dict[str, torch.Tensor], alpha: float) ->
 
 
 @torch.no_grad()
-def int8(module: nn.Module, batches=None, alpha: float = DEFAULT_ALPHA, tolerance: float = 2.0) -> tuple[int, int]:
+def int8(module: nn.Module, batches=None, alpha: float = DEFAULT_ALPHA, tolerance: float = 1.0) -> tuple[int, int]:
     """Quantize `module`'s Linear layers to int8 in place (plain per-token int8 without
     `batches`). With calibration batches: smoothing factors from their activation ranges,
     and, per layer, one int8 range per call (faster) instead of one per token wherever

@@ -52,13 +52,16 @@ def _generated(tm, prompt_ids: list, n_tokens: int) -> int:
     return sum(1 for _ in tm._token_ids(list(prompt_ids), n_tokens, 0.0, None, None, g, True))
 
 
-def tokens_per_second(tms: list, prompt_ids: list, n_tokens: int, rounds: int = 3) -> list[float]:
+def tokens_per_second(tms: list, prompt_ids: list, n_tokens: int, min_rounds: int = 3,
+                      min_seconds: float = 4.0) -> list[float]:
     """Greedy generation speed (tokens/s at batch 1, KV cache) of each TextModel, the
-    median of `rounds` alternating runs after a short warm-up."""
+    median of alternating runs (at least `min_rounds`, and `min_seconds` in all) after a
+    short warm-up."""
     for tm in tms:
         _generated(tm, prompt_ids, 4)
     rates = [[] for _ in tms]
-    for _ in range(rounds):
+    start = time.perf_counter()
+    while len(rates[0]) < min_rounds or (time.perf_counter() - start < min_seconds and len(rates[0]) < 50):
         for r, tm in zip(rates, tms):
             t0 = time.perf_counter()
             n = _generated(tm, prompt_ids, n_tokens)
