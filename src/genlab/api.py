@@ -529,7 +529,7 @@ def export(run, out, format: str = "hf", overwrite: bool = False, log=print) -> 
 def compress(model: str, out, *, prune: float | None = None, structured: bool = False,
              quantize: str | None = None, distill: bool = False, student: str | None = None,
              finetune_steps: int = 0, steps: int | None = None, time_budget: float | None = None,
-             temperature: float = 2.0, alpha: float = 0.9, lr: float | None = None, smooth: float = 0.8,
+             temperature: float = 2.0, alpha: float = 0.9, lr: float | None = None, smooth: float | None = None,
              eval_tokens: int | None = None, batch: int | None = None, gen_tokens: int = 64,
              fid_samples: int = 2000, seed: int = 0, overwrite: bool = False, progress=None,
              log=print) -> dict:
@@ -537,8 +537,10 @@ def compress(model: str, out, *, prune: float | None = None, structured: bool = 
     Hugging Face directory, a VAE or GAN run -- into `out`, then measure the original and
     the compressed model side by side. Returns the report: {"rows": [...], "table": str}
     (also written to out/report.json and out/report.md)."""
+    from .compress.quantize import DEFAULT_ALPHA
     from .compression import compress_lm, model_kind
     kind, where = model_kind(model)
+    smooth = DEFAULT_ALPHA if smooth is None else smooth
     if kind in IMAGE_FAMILIES:
         from .compress import check_options
         check_options(kind, prune=prune, structured=structured, quantize=quantize, distill=distill,

@@ -402,8 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--structured", action="store_true", help="remove heads and neurons (GPT runs)")
     cp.add_argument("--finetune-steps", type=int, default=0, metavar="N", help="recovery steps after pruning (default 0)")
     cp.add_argument("--quantize", default=None, metavar="int8", help="int8 (the one scheme)")
-    cp.add_argument("--smooth", type=float, default=0.8, metavar="ALPHA",
-                    help="--quantize: SmoothQuant strength in [0, 1), calibrated on training data (default 0.8; "
+    cp.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
+                    help="--quantize: SmoothQuant strength in [0, 1), calibrated on training data (default 0.7; "
                          "0: plain per-token int8)")
     cp.add_argument("--distill", action="store_true", help="train a smaller student on the model's outputs")
     cp.add_argument("--student", default=None, metavar="SPEC",

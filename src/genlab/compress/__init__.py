@@ -17,7 +17,7 @@ QUANTIZE = ("int8",)
 
 
 def check_options(kind: str, *, prune=None, structured=False, quantize=None, distill=False, student=None,
-                  finetune_steps=0, temperature=2.0, alpha=0.9, smooth=0.8, steps=None, time_budget=None) -> None:
+                  finetune_steps=0, temperature=2.0, alpha=0.9, smooth=None, steps=None, time_budget=None) -> None:
     """One clear error for options that are out of range or do not apply to `kind`."""
     def fail(msg):
         raise GenlabError(msg)
@@ -44,7 +44,7 @@ def check_options(kind: str, *, prune=None, structured=False, quantize=None, dis
         fail(f"--temperature must be > 0, not {temperature}")
     if not 0 <= alpha <= 1:
         fail(f"--alpha must be in [0, 1], not {alpha}")
-    if not 0 <= smooth < 1:
+    if smooth is not None and not 0 <= smooth < 1:
         fail(f"--smooth must be in [0, 1), not {smooth}")
     asked = [name for name, on in (("--prune", prune is not None and not structured), ("--structured", structured),
                                    ("--finetune-steps", bool(finetune_steps)),

@@ -15,7 +15,9 @@ import torch.nn as nn
 
 from ..models.int8 import Int8Linear, float_weight, linear_layers, quantize_int8
 
-DEFAULT_ALPHA = 0.8   # measured on SmolLM2: 0 -> +11% perplexity, 0.7 -> +2.1%, 0.8 -> +0.3%, 0.9 -> +2.6%
+# measured on SmolLM2, held-out perplexity on 8,192 tokens of Shakespeare: alpha 0 (plain per-token)
+# +11%, 0.5 +2.6%, 0.6 +1.9%, 0.7 +1.9%, 0.8 +3.5%, 0.85 +3.9%
+DEFAULT_ALPHA = 0.7
 
 
 @torch.no_grad()
