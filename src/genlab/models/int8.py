@@ -25,11 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _fbgemm() -> bool:
-    return "fbgemm" in torch.backends.quantized.supported_engines
-
-
-_FBGEMM = _fbgemm()
+_FBGEMM = "fbgemm" in torch.backends.quantized.supported_engines
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
