@@ -89,33 +89,27 @@ def backends() -> None:
 
 # -- the GPT -------------------------------------------------------------------------------------
 
-def teacher(args) -> Path:
-    if args.teacher:
-        return Path(args.teacher)
+def _trained(name: str, budget: float, what: str, **options) -> Path:
+    """A GPT trained on Shakespeare for `budget` seconds in OUT/name (reused when there)."""
     import genlab
-    out = OUT / "teacher"
+    out = OUT / name
     if (out / "model.safetensors").is_file() and json.loads((out / "config.json").read_text())["train"].get(
-            "time_budget") == args.teacher_budget:
-        say(f"(reusing the teacher in {out})")
+            "time_budget") == budget:
+        say(f"(reusing {what} in {out})")
         return out
-    say(f"training the teacher: genlab recipe on shakespeare, {args.teacher_budget:g} s ...")
-    genlab.train("lm", corpus="shakespeare", out=out, time_budget=args.teacher_budget, overwrite=True,
-                 progress=False, log=lambda m: None)
+    say(f"training {what} on shakespeare, {budget:g} s ...")
+    genlab.train("lm", corpus="shakespeare", out=out, time_budget=budget, overwrite=True, progress=False,
+                 log=lambda m: None, **options)
     return out
+
+
+def teacher(args) -> Path:
+    return Path(args.teacher) if args.teacher else _trained("teacher", args.teacher_budget, "the teacher (genlab recipe)")
 
 
 def wide(args) -> Path:
     """A wider GPT (4 layers, 256-dim), where int8 has larger matrices to work on."""
-    import genlab
-    out = OUT / "wide"
-    if (out / "model.safetensors").is_file() and json.loads((out / "config.json").read_text())["train"].get(
-            "time_budget") == args.wide_budget:
-        say(f"(reusing the wide GPT in {out})")
-        return out
-    say(f"training a wider GPT (4 layers, 256-dim, lr 2e-3) on shakespeare, {args.wide_budget:g} s ...")
-    genlab.train("lm", corpus="shakespeare", out=out, time_budget=args.wide_budget, n_embd=256, lr=2e-3,
-                 overwrite=True, progress=False, log=lambda m: None)
-    return out
+    return _trained("wide", args.wide_budget, "a wider GPT (4 layers, 256-dim, lr 2e-3)", n_embd=256, lr=2e-3)
 
 
 def _row(name, r, base, target="", extra=""):

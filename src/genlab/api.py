@@ -412,6 +412,12 @@ class Run:
         return res
 
 
+def train_features(clf, data: ImageData) -> torch.Tensor:
+    """The classifier's features of every training image (in chunks of 5,000)."""
+    return torch.cat([clf.features(ImageData.to_float(data.train_x[i:i + 5000]))
+                      for i in range(0, len(data.train_x), 5000)])
+
+
 def image_metrics(clf, data: ImageData, samples: torch.Tensor, seed: int = 0, k: int = 3) -> dict:
     """FID/KID/precision/recall of `samples` in `clf`'s features, each beside the
     real-data floor, plus class coverage. The reference is len(samples) training images
@@ -420,8 +426,7 @@ def image_metrics(clf, data: ImageData, samples: torch.Tensor, seed: int = 0, k:
     n = len(samples)
     g = torch.Generator().manual_seed(seed)
     ref_idx = torch.randperm(len(data.train_x), generator=g)[:n]
-    train_feats = torch.cat([clf.features(ImageData.to_float(data.train_x[i:i + 5000]))
-                             for i in range(0, len(data.train_x), 5000)])
+    train_feats = train_features(clf, data)
     ref_stats = gaussian_stats(train_feats)
     ref = train_feats[ref_idx]
     test_idx = torch.randperm(len(data.test_x), generator=g)[:n]
@@ -610,8 +615,7 @@ def _compress_images(src, out, family: str, *, prune, quantize, smooth: float, b
         _check(data.train_y is not None and data.num_classes > 1,
                f"{data.name} has no labels, so there is no dataset classifier for the FID")
         clf = get_classifier(data)
-        ref = torch.cat([clf.features(ImageData.to_float(data.train_x[i:i + 5000]))
-                         for i in range(0, len(data.train_x), 5000)])
+        ref = train_features(clf, data)
     log(f"measuring: latency of {'decoding' if family == 'vae' else 'generating'} at batch 1 and {batch}; "
         + ("test loss (negative ELBO, nats per image)" if family == "vae"
            else f"FID in the dataset classifier's features ({fid_samples} samples)"))
