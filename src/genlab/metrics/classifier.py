@@ -21,7 +21,8 @@ from ..errors import GenlabError
 from ..runs import RunDir
 
 
-RECIPE = 4  # bump when the training recipe changes: cached classifiers are then retrained
+RECIPE = 5  # bump when the training recipe changes: cached classifiers are then retrained
+# (5: the initial weights come from the seed, no longer from the caller's RNG state)
 
 
 @dataclass
@@ -106,33 +107,91 @@ class DatasetClassifier:
                 "class_share": (counts.float() / max(1, len(images))).tolist()}
 
 
-def get_classifier(data: ImageData, train: bool = True, epochs: int = 3, seed: int = 0,
-                   log=None) -> DatasetClassifier:
-    """The cached classifier for `data`, trained (a minute or two on 2 cores) if missing."""
+def recipe_key(cfg: ClassifierConfig, epochs: int = 3, seed: int = 0) -> dict:
+    """Everything that shapes a trained classifier: the net, the recipe, its length and
+    seed, and what the arithmetic depends on (the torch build and its thread count: CPU
+    kernels split sums across threads, so another count gives other weights). A cached
+    classifier is used only when all of it matches; otherwise it is trained anew."""
+    return {"net": asdict(cfg), "recipe": RECIPE, "epochs": epochs, "seed": seed,
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def _config_for(data: ImageData) -> ClassifierConfig:
     if data.train_y is None or not data.classes:
         raise GenlabError(f"{data.name} has no labels, so genlab cannot train its classifier")
-    key = _cache_key(data)
-    run = RunDir(data_root() / "classifiers" / key)
     c, h, _ = data.shape
-    cfg = ClassifierConfig(channels=c, image_size=h, num_classes=data.num_classes)
+    return ClassifierConfig(channels=c, image_size=h, num_classes=data.num_classes)
+
+
+def _cache_dir(data: ImageData) -> RunDir:
+    return RunDir(data_root() / "classifiers" / _cache_key(data))
+
+
+def cached_classifier(data: ImageData, epochs: int = 3, seed: int = 0) -> DatasetClassifier | None:
+    """The cached classifier for `data` if one trained with exactly this recipe is there."""
+    cfg = _config_for(data)
+    run = _cache_dir(data)
+    if not run.is_run():
+        return None
+    meta = run.read_config()
+    if {k: meta.get(k) for k in recipe_key(cfg)} != recipe_key(cfg, epochs, seed):
+        return None
     net = ClassifierNet(cfg)
-    if run.is_run():
-        meta = run.read_config()
-        if meta.get("net") == asdict(cfg) and meta.get("recipe") == RECIPE:
-            run.load_weights(net)
-            return DatasetClassifier(net, data.name, meta.get("test_accuracy", float("nan")))
+    run.load_weights(net)
+    return DatasetClassifier(net, data.name, meta.get("test_accuracy", float("nan")))
+
+
+def train_classifier(data: ImageData, epochs: int = 3, seed: int = 0, log=None) -> DatasetClassifier:
+    """Train the classifier for `data` from scratch (nothing is read from or written to
+    the cache); the same seed on the same machine gives the same weights, bit for bit."""
+    cfg = _config_for(data)
+    t0 = time.time()
+    net, acc = _build_and_train(cfg, data, epochs, seed)
+    if log:
+        log(f"classifier for {data.name}: test accuracy {acc:.2%} ({time.time() - t0:.0f}s)")
+    return DatasetClassifier(net, data.name, acc)
+
+
+def save_classifier(data: ImageData, clf: DatasetClassifier, epochs: int = 3, seed: int = 0) -> None:
+    """Cache `clf` (trained by train_classifier with these epochs and seed) for `data`."""
+    run = _cache_dir(data)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.save_weights(clf.net)
+    run.write_config({"family": "classifier", "dataset": data.name, "test_accuracy": clf.test_accuracy,
+                      **recipe_key(clf.net.cfg, epochs, seed)})
+
+
+def get_classifier(data: ImageData, train: bool = True, epochs: int = 3, seed: int = 0,
+                   log=None) -> DatasetClassifier:
+    """The cached classifier for `data`, trained (a minute or two on 2 cores) if missing
+    or if the cached one was trained another way (see recipe_key)."""
+    cfg = _config_for(data)
+    clf = cached_classifier(data, epochs, seed)
+    if clf is not None:
+        return clf
+    run = _cache_dir(data)
     if not train:
         raise GenlabError(f"no cached classifier for {data.name} (run `genlab data classifier {data.name}`)")
     log = log or (lambda m: print(f"genlab: {m}", file=sys.stderr, flush=True))
-    log(f"training the {data.name} classifier once (cached in {run.path}) ...")
-    t0 = time.time()
-    acc = _train(net, data, epochs, seed)
-    log(f"classifier for {data.name}: test accuracy {acc:.2%} ({time.time() - t0:.0f}s)")
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.save_weights(net)
-    run.write_config({"family": "classifier", "dataset": data.name, "net": asdict(cfg), "recipe": RECIPE,
-                      "test_accuracy": acc, "epochs": epochs, "seed": seed})
-    return DatasetClassifier(net, data.name, acc)
+    if run.is_run():
+        old = run.read_config()
+        changed = sorted(k for k, v in recipe_key(cfg, epochs, seed).items() if old.get(k) != v)
+        log(f"the cached {data.name} classifier was trained another way ({', '.join(changed)}); "
+            f"training it again (cached in {run.path}) ...")
+    else:
+        log(f"training the {data.name} classifier once (cached in {run.path}) ...")
+    clf = train_classifier(data, epochs, seed, log=log)
+    save_classifier(data, clf, epochs, seed)
+    return clf
+
+
+def _build_and_train(cfg: ClassifierConfig, data: ImageData, epochs: int, seed: int):
+    """(trained net, test accuracy). Everything that shapes the net -- its initial weights
+    included -- comes from `seed`, never from the caller's RNG state."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = ClassifierNet(cfg)
+        return net, _train(net, data, epochs, seed)
 
 
 def _train(net, data: ImageData, epochs, seed) -> float:
