@@ -61,6 +61,8 @@ demo: $(STAMP)
 	@echo "  .venv/bin/genlab finetune smollm2 --data shakespeare --method lora --time-budget 300 --out runs/ft"
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

@@ -50,11 +50,12 @@ def _fmt_size(b):
 # -- backends --------------------------------------------------------------------------------
 
 def backends() -> None:
+    from genlab.compress.quantize import int8
     from genlab.compress.report import paired_latency
     from genlab.models.gpt import GPT, GPTConfig
-    from genlab.compress.quantize import int8
     say("\n## int8 implementations (forward pass over a 128-token window; median ms)\n")
-    say("| GPT (random weights) | batch | fp32 | genlab Int8Linear (fbgemm, calibrated) | torch.ao quantize_dynamic (deprecated) | torchao int8 dynamic | torchao int8 weight-only |")
+    say("| GPT (random weights) | batch | fp32 | genlab Int8Linear (fbgemm, calibrated) | "
+        "torch.ao quantize_dynamic (deprecated) | torchao int8 dynamic | torchao int8 weight-only |")
     say("|---|---|---|---|---|---|---|")
     try:
         with warnings.catch_warnings():
@@ -84,7 +85,8 @@ def backends() -> None:
             t = dict(zip(variants, paired_latency([lambda v=v: v(x) for v in variants.values()], min_seconds=1.0)))
             cells = [f"{t['fp32']:.1f}"] + [f"{t[k]:.1f} ({t['fp32'] / t[k]:.2f}x)" if k in t else "not installed"
                                             for k in ("ours", "old", "dyn", "wo")]
-            say(f"| {layers}L/{dim}d ({sum(p.numel() for p in m.parameters()) / 1e6:.1f}M) | {batch} | " + " | ".join(cells) + " |")
+            size = sum(p.numel() for p in m.parameters()) / 1e6
+            say(f"| {layers}L/{dim}d ({size:.1f}M) | {batch} | " + " | ".join(cells) + " |")
 
 
 # -- the GPT -------------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ def gpt(args, t: Path) -> None:
 def unigram_loss(t: Path) -> float:
     """Cross-entropy (nats/char) of the training split's character frequencies (add-one
     smoothed) on the same held-out characters the report scores."""
-    from genlab.lmrun import LMRun, _run_data
+    from genlab.families.lm import LMRun, run_data as _run_data
     run = LMRun(t)
     _, data = _run_data(run.dir, run.config, run.tokenizer)
     V = run.tokenizer.vocab_size

@@ -39,7 +39,7 @@ def worker(spec: dict) -> None:
     """Run one fine-tune in this process; print one JSON line with its figures."""
     import importlib
     loop = importlib.import_module("genlab.train.loop")  # (genlab.train is also a function)
-    from genlab.llm.finetune import finetune
+    from genlab.api import finetune
     peak, started = [0], [False]
 
     def sample():
@@ -78,7 +78,7 @@ def run_worker(spec: dict) -> dict:
 
 def base_loss() -> float:
     """The base model's loss on the same held-out windows the fine-tunes are scored on."""
-    from genlab.llm.finetune import _encoded
+    from genlab.llm.data import encoded as _encoded
     from genlab.llm.hf import CausalLM, HFModel
     from genlab.train.lm import LMTask
     m = HFModel.load("smollm2", log=lambda s: print(s, file=sys.stderr))
@@ -117,7 +117,8 @@ def part_loss(args, rows):
         for name in ("full", "lora"):
             r = rows[name]
             print(f"| {name} (lr {r['lr']:g}, {args.budget:g} s) | {r['val_loss']:.4f} | {b - r['val_loss']:.4f} | "
-                  f"{r['trainable']:,} ({100 * r['trainable'] / r['total']:.2f}%) | {r['step_s'] / max(r['iters'], 1):.2f} | {r['iters']} | "
+                  f"{r['trainable']:,} ({100 * r['trainable'] / r['total']:.2f}%) | "
+                  f"{r['step_s'] / max(r['iters'], 1):.2f} | {r['iters']} | "
                   f"{r['peak_rss'] / 2**30:.2f} | {r['saved_mb']:.1f} |")
         print(f"\nLoRA reaches {100 * (b - lo) / max(b - f, 1e-9):.0f}% of full fine-tuning's improvement "
               f"(target >= 90%) with {100 * rows['lora']['peak_rss'] / rows['full']['peak_rss']:.0f}% of its peak memory "
@@ -125,8 +126,8 @@ def part_loss(args, rows):
 
 
 def part_sft(args, rows):
+    from genlab.families.finetune import load_finetuned
     from genlab.llm.examples import scripture_instructions, scripture_topics
-    from genlab.llm.finetune import load_finetuned
     from genlab.llm.hf import HFModel
     train_t, held_t = scripture_topics()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -147,10 +148,10 @@ def part_sft(args, rows):
 
 
 def part_dpo(args, rows):
+    from genlab.families.finetune import load_finetuned
+    from genlab.families.reward import compare, sample_responses, train_reward
     from genlab.llm.examples import PROMPTS, scripture_instructions, scripture_preferences, scripture_topics
-    from genlab.llm.finetune import load_finetuned
     from genlab.llm.hf import HFModel
-    from genlab.llm.reward import compare, sample_responses, train_reward
     train_t, held_t = scripture_topics()
     base = HFModel.load("smollm2")
     inst = scripture_instructions(train_t, per_topic=2, seed=1)

@@ -19,8 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import genlab
-from genlab.data import load_images
-from genlab.data import sources
+from genlab.data import load_images, sources
 
 GENLAB = [sys.executable, "-m", "genlab"]
 

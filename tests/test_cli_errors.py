@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-
 # -- mistakes that need no trained run ----------------------------------------------------
 
 NO_RUN_CASES = {

@@ -16,9 +16,9 @@ import genlab
 from conftest import cli
 from genlab.compress.distill import parse_student
 from genlab.compress.lm import count_weights
-from genlab.errors import GenlabError
 from genlab.compress.prune import magnitude_prune, prunable, prune_gpt_structured, sparsity
-from genlab.lmrun import LMRun
+from genlab.errors import GenlabError
+from genlab.families.lm import LMRun
 from genlab.models.gpt import GPT, GPTConfig
 from genlab.models.int8 import Int8Embedding, Int8Linear, quantize_int8
 from genlab.runs import RunDir
@@ -245,7 +245,7 @@ def test_distilled_student_learns_the_teachers_distribution(gpt_run, tmp_path):
 # -- Hugging Face models and image runs --------------------------------------------------------
 
 def test_int8_hugging_face_directory_loads_and_scores_like_the_original(gpt_run, tmp_path):
-    from genlab.llm.finetune import load_text_model
+    from genlab.families import load_model as load_text_model
     hf = genlab.export(gpt_run, tmp_path / "hf", log=lambda *a: None)
     rep = genlab.compress(str(hf), tmp_path / "hf8", quantize="int8", **FAST)
     a, b = rep["rows"]

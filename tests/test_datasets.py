@@ -13,7 +13,6 @@ from PIL import Image
 from genlab.data import load_images, parse_idx, sources
 from genlab.errors import GenlabError
 
-
 # -- MNIST ---------------------------------------------------------------------------------
 
 def test_mnist_shapes_dtypes_and_labels(mnist):

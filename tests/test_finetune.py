@@ -15,10 +15,13 @@ import torch
 
 import genlab
 from conftest import _assert_same_weights, _expect_user_error, _snapshot, cli
+from genlab.api import finetune
 from genlab.errors import GenlabError
+from genlab.families.finetune import load_finetuned
+from genlab.families.lm import LMRun
 from genlab.llm import data as ftdata
-from genlab.llm.finetune import _encode_pair, _pad, finetune, load_finetuned
-from genlab.lmrun import LMRun
+from genlab.llm.data import encode_pair as _encode_pair
+from genlab.train.finetune import pad_batch as _pad
 
 TINY = dict(recipe="nanogpt", n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=16,
             lr=5e-3, warmup_iters=20, eval_interval=100, log_interval=25)
@@ -199,7 +202,7 @@ def test_dpo_raises_the_margin_of_chosen_over_rejected(base_run, tmp_path):
 
 def test_reward_model_learns_a_register_from_pairs(tmp_path):
     from genlab.data.text import load_corpus
-    from genlab.llm.reward import RewardModel, train_reward
+    from genlab.families.reward import RewardModel, train_reward
     kjv = [ln.split(" ", 1)[1] for _, t in load_corpus("kjv").docs[:3] for ln in t.splitlines()
            if ln[:1].isdigit() and 40 < len(ln) < 160][:60]
     austen = [s.strip() + "." for _, t in load_corpus("austen").docs[:1] for s in t.split(".")
@@ -263,8 +266,8 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(base_run, exported, lora_
     # a tokenizer from another model
     mixed = tmp_path / "mixed"
     shutil.copytree(exported, mixed)
-    from genlab.data.tokenizer import BPETokenizer
     from genlab.data.text import load_corpus
+    from genlab.data.tokenizer import BPETokenizer
     from genlab.llm.export import hf_tokenizer
     big = BPETokenizer.train([load_corpus("kjv").text("train")[:200_000]], vocab_size=300)
     hf_tokenizer(big).save_pretrained(mixed)

@@ -13,8 +13,7 @@ from safetensors.torch import save_file
 
 from genlab.errors import GenlabError
 from genlab.metrics import inception as inc
-from genlab.metrics.inception import (INCEPTION_URL, InceptionFeatures, download_inception,
-                                      load_inception)
+from genlab.metrics.inception import INCEPTION_URL, InceptionFeatures, download_inception, load_inception
 
 # Parameter count (weights and biases) of torchvision's Inception3 without aux logits,
 # derived layer by layer from its source: 23,834,568 with the 1000-class fc; the FID

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import genlab
 from conftest import GENLAB, cli
 from genlab.data.text import HELD_OUT, load_corpus
-from genlab.data.tokenizer import BPETokenizer, CharTokenizer, encoded_corpus, train_tokenizer
+from genlab.data.tokenizer import CharTokenizer, encoded_corpus, train_tokenizer
 from genlab.errors import GenlabError
 from genlab.llm.chat import Chat, ChatTemplate
 from genlab.models.gpt import GPT, GPTConfig, KVCache, sample_next
@@ -71,7 +71,7 @@ def test_austen_and_kjv_corpora():
 
 
 def test_corrupt_corpus_cache_is_refused(tmp_path, monkeypatch, shakespeare):
-    from genlab.data.text import _cache_file
+    from genlab.data.text import corpus_path as _cache_file
     src = _cache_file("shakespeare").read_bytes()
     monkeypatch.setenv("GENLAB_DATA", str(tmp_path))
     monkeypatch.setenv("GENLAB_SOURCES", "cache")
@@ -204,7 +204,7 @@ def test_training_loss_falls_and_best_checkpoint_is_kept(lm_run):
     best = min(r["val_loss"] for r in vals)
     # model.safetensors holds the best weights: re-evaluating them gives the best val loss
     run = genlab.load(lm_run)
-    from genlab.lmrun import _run_data
+    from genlab.families.lm import run_data as _run_data
     from genlab.train.lm import LMTask
     _, data = _run_data(run.dir, run.config, run.tokenizer)
     task = LMTask(run.model, data, block_size=64, batch_size=16)
@@ -277,7 +277,7 @@ def test_time_budget_stops_training(tmp_path):
 
 
 def test_genlab_recipe_follows_the_budget():
-    from genlab.lmrun import GENLAB, GENLAB_SHORT, NANOGPT, genlab_recipe
+    from genlab.families.lm import GENLAB, GENLAB_SHORT, NANOGPT, genlab_recipe
     assert genlab_recipe(None) is GENLAB and genlab_recipe(600) is GENLAB
     assert genlab_recipe(120) is GENLAB_SHORT
     assert GENLAB["time_budget"] == 600 and GENLAB["max_iters"] is None

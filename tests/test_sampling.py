@@ -12,7 +12,6 @@ from PIL import Image
 import genlab
 from genlab.data import ImageData
 
-
 # -- sample ----------------------------------------------------------------------------------
 
 def test_sample_npy_contract(trained_run, tmp_path, cli):

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import genlab
-import genlab.api
+import genlab.families.vae
 from genlab.models.vae import VAEConfig, build_vae
 
 LINE = re.compile(r"^Epoch (\d+), Loss: (\d+\.\d{4})", re.M)
@@ -114,8 +114,8 @@ def test_resume_at_an_epoch_boundary_is_bit_exact(one_epoch_run, trained_run, tm
     out = tmp_path / "resumed"
     shutil.copytree(one_epoch_run.path, out)
     built = []
-    real_build = genlab.api.build_vae
-    monkeypatch.setattr(genlab.api, "build_vae", lambda cfg: built.append(real_build(cfg)) or built[-1])
+    real_build = genlab.families.vae.build_vae
+    monkeypatch.setattr(genlab.families.vae, "build_vae", lambda cfg: built.append(real_build(cfg)) or built[-1])
     lines, kw = _quiet()
     genlab.train("vae", out=out, resume=True, epochs=2, **kw)
     assert_same_weights(out, trained_run)

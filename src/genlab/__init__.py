@@ -10,11 +10,26 @@
     smol = genlab.load_model("smollm2")          # a real foundation model, offline
     ft = genlab.finetune("smollm2", "shakespeare", method="lora", time_budget=300, out="runs/ft")
 """
-__version__ = "0.1.0"
-
-from .api import (LMRun, Run, compress, corpora, dataset_classifier, datasets, export, fetch,  # noqa: E402
-                  finetune, load, load_inception, load_model, merge, models, save_images, train)
+from .api import (  # noqa: E402
+                  LMRun,
+                  Run,
+                  compress,
+                  corpora,
+                  dataset_classifier,
+                  datasets,
+                  export,
+                  fetch,
+                  finetune,
+                  load,
+                  load_inception,
+                  load_model,
+                  merge,
+                  models,
+                  save_images,
+                  train,
+)
 from .errors import GenlabError  # noqa: E402
+from .util.version import __version__  # noqa: E402
 
 __all__ = ["LMRun", "Run", "GenlabError", "compress", "corpora", "dataset_classifier", "datasets", "export", "fetch",
            "finetune", "load", "load_inception", "load_model", "merge", "models", "save_images", "train",

@@ -1,12 +1,4 @@
-"""The one exception type for user mistakes.
+"""`genlab.errors.GenlabError` (its home is genlab.util.errors; kept here for callers)."""
+from .util.errors import GenlabError, check
 
-Anything a user can get wrong (a missing file, an unknown dataset, a corrupt checkpoint,
-a bad option) raises `GenlabError`. The CLI prints its message as one line on stderr and
-exits with code 2; Python callers can catch it. Every other exception is a bug in genlab.
-"""
-
-
-class GenlabError(Exception):
-    """A user-facing error: one clear line, no traceback."""
-
-    exit_code = 2
+__all__ = ["GenlabError", "check"]

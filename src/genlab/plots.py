@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from .runs import atomic_path
+from .util.io import atomic_path
 
 
 def grid_array(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -26,11 +27,9 @@ def grid_array(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> n
     return arr[0] if c == 1 else arr.transpose(1, 2, 0)
 
 
-def save_grid(images: torch.Tensor, path, nrow: int | None = None, scale: int = 2) -> Path:
+def save_grid(images: torch.Tensor, path, nrow: int | None = None, scale: int = 2, pad: int = 2) -> Path:
     """Write a PNG grid atomically; `scale` enlarges small images for viewing."""
-    from PIL import Image
-
-    arr = grid_array(images, nrow)
+    arr = grid_array(images, nrow, pad=pad)
     im = Image.fromarray(arr)
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
@@ -58,7 +57,7 @@ def save_loss_plot(records: list[dict], path, keys=("train_loss", "test_loss"), 
     models), from the records of the given `kinds`."""
     labels = labels or {}
     os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib
+    import matplotlib  # heavy (~0.5 s): only when a plot is drawn
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -9,62 +9,29 @@ A run directory holds everything about one training run:
     samples/            PNG grids per epoch
     loss.png            the loss plot
 
-All writes are atomic (temporary file in the same directory, then rename), so an
-interrupted write never leaves a half-written file behind, and a failing command never
-damages what is already there.
+All writes are atomic (util/io.py: a temporary file in the same directory, then a
+rename), so an interrupted write never leaves a half-written file behind, and a failing
+command never damages what is already there.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import GenlabError
+from .util.errors import GenlabError
+from .util.io import atomic_path, write_bytes_atomic, write_json_atomic  # noqa: F401 (re-exported)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 METRICS = "metrics.jsonl"
 SAMPLES = "samples"
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path next to `path`; on success rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_bytes_atomic(path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def write_json_atomic(path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def default_run_dir(family: str, data: str) -> Path:
@@ -75,6 +42,16 @@ def default_run_dir(family: str, data: str) -> Path:
     while RunDir(out).is_run():
         out, i = Path("runs") / f"{stem}-{i}", i + 1
     return out
+
+
+def state_mismatch(expected: dict, given: dict) -> tuple[list, list, tuple | None]:
+    """How a state dict `given` fails to fit the one a module `expected`: (missing names,
+    unexpected names, the first (name, given shape, expected shape) that differs)."""
+    missing = sorted(set(expected) - set(given))
+    extra = sorted(set(given) - set(expected))
+    shape = next(((k, tuple(given[k].shape), tuple(v.shape)) for k, v in expected.items()
+                  if k in given and tuple(given[k].shape) != tuple(v.shape)), None)
+    return missing, extra, shape
 
 
 class RunDir:
@@ -166,18 +143,13 @@ class RunDir:
             raise GenlabError(f"{p}: missing weights file") from None
         except (SafetensorError, OSError, ValueError, KeyError) as e:
             raise GenlabError(f"{p}: corrupt weights file ({e})") from None
-        expected = module.state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
+        missing, extra, shape = state_mismatch(module.state_dict(), tensors)
         if missing or extra:
             raise GenlabError(
                 f"{p}: weights do not match the model in {CONFIG} "
                 f"(missing: {', '.join(missing[:3]) or '-'}; unexpected: {', '.join(extra[:3]) or '-'})")
-        for k, v in expected.items():
-            if tuple(tensors[k].shape) != tuple(v.shape):
-                raise GenlabError(
-                    f"{p}: tensor {k} has shape {tuple(tensors[k].shape)}, "
-                    f"but the model in {CONFIG} needs {tuple(v.shape)}")
+        if shape:
+            raise GenlabError(f"{p}: tensor {shape[0]} has shape {shape[1]}, but the model in {CONFIG} needs {shape[2]}")
         module.load_state_dict(tensors)
 
     # -- resume state ------------------------------------------------------------------

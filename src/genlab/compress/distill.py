@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..data.tokenizer import windows
 from ..models.gpt import GPT, GPTConfig
-from ..train.lm import LMTask, windows
+from ..train.lm import LMTask
 
 # --student keys -> GPTConfig fields
 STUDENT_KEYS = {"layers": "n_layer", "dim": "n_embd", "heads": "n_head", "inner": "n_inner"}

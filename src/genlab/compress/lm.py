@@ -10,28 +10,28 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .. import __version__
 from ..data.text import load_corpus
-from ..data.tokenizer import encoded_corpus, load_tokenizer
-from ..errors import GenlabError
+from ..data.tokenizer import load_tokenizer, windows
+from ..families import load_model
+from ..families.lm import build_gpt, run_data
+from ..llm.hf import CausalLM, _encode, hf_dir, load_pretrained
 from ..models.gpt import GPT, GPTConfig
-from ..models.int8 import Int8Embedding, Int8Linear, quantize_int8
-from ..runs import RunDir, atomic_path
-from ..train.lm import LMTask, windows
+from ..models.int8 import Int8Embedding, Int8Linear
+from ..runs import RunDir
+from ..train.lm import LMTask
 from ..train.loop import IterConfig, fit_iters
+from ..util.errors import GenlabError, check as _check
+from ..util.io import write_text_atomic
+from ..util.version import __version__
 from .distill import DistillTask, parse_student
-from .quantize import DEFAULT_ALPHA, int8
 from .prune import apply_masks, magnitude_prune, prune_gpt_structured, sparsity
-
+from .quantize import DEFAULT_ALPHA, int8
+from .report import lm_rows, threads_note, write_report
 
 CALIBRATION_WINDOWS = 8   # windows of training text that calibrate int8 smoothing
-
-
-def _check(cond, msg):
-    if not cond:
-        raise GenlabError(msg)
 
 
 class _MaskedLMTask(LMTask):
@@ -45,14 +45,6 @@ class _MaskedLMTask(LMTask):
         loss = super().train_step()
         apply_masks(self.model, self.masks)
         return loss
-
-
-def build_gpt(config: dict) -> GPT:
-    """The (unloaded) GPT a run's config describes, int8 layers and all."""
-    model = GPT(GPTConfig(**{k: v for k, v in config["model"].items() if k != "arch"}))
-    if config.get("compress", {}).get("quantize"):
-        quantize_int8(model)
-    return model
 
 
 def _train(out: RunDir, task, steps: int | None, time_budget: float | None, eval_interval: int,
@@ -99,18 +91,12 @@ def compress_gpt(src: Path, out: RunDir, *, prune: float | None = None, structur
     srun.load_weights(model)
     model.eval()
     tok = load_tokenizer(srun.path)
-    corp = load_corpus(config["data"]["corpus"], quiet=True)
-    fp = config["data"].get("corpus_fingerprint")
-    _check(fp is None or fp == corp.fingerprint,
-           f"{config['data']['corpus']}: the corpus has changed since {src} was trained on it")
+    corp, data = run_data(srun, config, tok)
     info = {"source": str(srun.path), "source_params": count_weights(model)}
-    data = None
-    if distill or prune or finetune_steps:
-        data = encoded_corpus(corp, tok, log=None)
     block = model.cfg.block_size
     common = dict(block_size=block, batch_size=t["batch_size"], grad_accum=t.get("grad_accum", 1),
                   weight_decay=t["weight_decay"], betas=t["betas"], grad_clip=t["grad_clip"],
-                  device="cpu", seed=seed)
+                  seed=seed)
     shutil.copy(srun.path / "tokenizer.json", out.path / "tokenizer.json")
     new_config = {**config, "genlab_version": __version__}
 
@@ -164,7 +150,6 @@ def compress_gpt(src: Path, out: RunDir, *, prune: float | None = None, structur
             info["prune"].update(zeros=z, prunable=n, sparsity=z / n)
 
     if quantize:
-        data = data or encoded_corpus(corp, tok, log=None)
         g = torch.Generator().manual_seed(seed)
         starts = torch.randint(0, len(data["train"]) - block - 1, (CALIBRATION_WINDOWS,), generator=g).tolist()
         x, _ = windows(data["train"], starts, block)
@@ -204,7 +189,6 @@ def compress_hf(spec: str, out: Path, *, prune: float | None = None, quantize: s
     """Unstructured prune and/or int8 of a Hugging Face causal LM, written as a Hugging
     Face directory at `out` (config, tokenizer, model.safetensors; int8 tensors when
     quantized, which genlab's loader rebuilds)."""
-    from ..llm.hf import hf_dir, load_pretrained
     model, tok = load_pretrained(spec, log)
     _check(getattr(model.config, HF_INT8_KEY, None) is None or quantize is None,
            f"{spec}: already quantized to int8; compress the model it came from")
@@ -222,7 +206,6 @@ def compress_hf(spec: str, out: Path, *, prune: float | None = None, quantize: s
             if (src / extra).is_file():
                 shutil.copy(src / extra, out / extra)
     if quantize:
-        from ..llm.hf import _encode
         cfg = model.config
         window = min(256, int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 256)))
         text = load_corpus(calibration, quiet=True).text("train")[:40_000]
@@ -238,6 +221,92 @@ def compress_hf(spec: str, out: Path, *, prune: float | None = None, quantize: s
         RunDir(out).save_weights(model)
     else:
         model.save_pretrained(out)
-    with atomic_path(out / "genlab-compress.json") as tmp:
-        Path(tmp).write_text(json.dumps(info, indent=2))
+    write_text_atomic(out / "genlab-compress.json", json.dumps(info, indent=2))
     return info
+
+
+# -- the whole job: compress, then measure both models ---------------------------------------
+
+def prepare_out(out, src, overwrite: bool) -> Path:
+    """The output directory: not the model's own, and empty unless --overwrite."""
+    out = Path(out)
+    _check(out.resolve() != Path(src).resolve(), f"--out {out}: the same directory as the model; choose another")
+    if out.exists():
+        _check(out.is_dir(), f"{out}: exists and is not a directory")
+        _check(overwrite or not any(out.iterdir()), f"{out}: exists and is not empty (use --overwrite or another --out)")
+    return out
+
+
+def hf_quantized(spec) -> bool:
+    from transformers import AutoConfig  # heavy: only for Hugging Face models
+    return getattr(AutoConfig.from_pretrained(hf_dir(spec, log=lambda *a: None)), HF_INT8_KEY, None) is not None
+
+
+def compress_gpt_run(where, out, *, opts: dict, progress=None, log=print) -> dict:
+    """genlab compress of a genlab GPT run: a new run at `out`, measured beside the original."""
+    check_gpt_source(where, RunDir(where).read_config(), quantize=opts["quantize"], prune=opts["prune"],
+                     distill=opts["distill"], student=opts["student"])
+    out = prepare_out(out, where, opts["overwrite"])
+    run = RunDir(out)
+    run.prepare_new(overwrite=opts["overwrite"])
+    for stale in ("tokenizer.json", "last.safetensors", "report.json", "report.md"):
+        if (run.path / stale).exists():
+            (run.path / stale).unlink()
+    compress_gpt(Path(where), run, prune=opts["prune"], structured=opts["structured"], quantize=opts["quantize"],
+                 distill=opts["distill"], student=opts["student"], finetune_steps=opts["finetune_steps"],
+                 steps=opts["steps"], time_budget=opts["time_budget"], temperature=opts["temperature"],
+                 alpha=opts["alpha"], lr=opts["lr"], smooth=opts["smooth"], seed=opts["seed"], progress=progress,
+                 log=log)
+    return measure_lm(str(where), out, gpt=True, eval_tokens=opts["eval_tokens"], batch=opts["batch"],
+                      gen_tokens=opts["gen_tokens"], log=log)
+
+
+def compress_hf_model(spec, out, *, opts: dict, log=print) -> dict:
+    """genlab compress of a Hugging Face model: a new Hugging Face directory at `out`."""
+    _check(not hf_quantized(spec) or opts["quantize"] is None,
+           f"{spec}: already quantized to int8; compress the model it came from")
+    out = prepare_out(out, spec, opts["overwrite"])
+    if out.exists() and any(out.iterdir()):
+        _check((out / "genlab-compress.json").is_file(),
+               f"{out}: not a model genlab compress wrote; --overwrite replaces only those")
+        shutil.rmtree(out)
+    try:
+        compress_hf(spec, out, prune=opts["prune"], quantize=opts["quantize"], smooth=opts["smooth"], log=log)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return measure_lm(spec, out, gpt=False, eval_tokens=opts["eval_tokens"], batch=opts["batch"],
+                      gen_tokens=opts["gen_tokens"], log=log)
+
+
+def _held_out_ids(tm, gpt: bool, eval_tokens: int) -> tuple[np.ndarray, str]:
+    """Held-out token ids to score: the run's held-out split for a genlab GPT; the
+    Shakespeare held-out plays, in the model's own tokens, for a Hugging Face model."""
+    if gpt:
+        corp, data = tm.corpus_data()
+        return np.asarray(data["val"][:eval_tokens]), f"{corp.name} held-out"
+    corp = load_corpus("shakespeare", quiet=True)
+    text = corp.text("val")[: eval_tokens * 8]
+    return np.asarray(_encode(tm.tokenizer, text)[:eval_tokens]), "shakespeare held-out"
+
+
+def measure_lm(spec: str, out, *, gpt: bool, eval_tokens=None, batch=None, gen_tokens: int = 64,
+               log=print) -> dict:
+    """Load the original (`spec`) and the compressed model (`out`) from disk and measure
+    both side by side."""
+    out = Path(out)
+    eval_tokens = eval_tokens or (32768 if gpt else 8192)
+    batch = batch or (16 if gpt else 8)
+    entries = []
+    for name, where in (("original", spec), ("compressed", str(out))):
+        tm = load_model(where, log=lambda *a: None)
+        if gpt:
+            module, window, weights = tm.model, tm.block_size, Path(where) / "model.safetensors"
+        else:
+            module, window, weights = CausalLM(tm.model), min(tm.context, 256), Path(hf_dir(where, log=lambda *a: None))
+        entries.append((name, tm, module, weights, count_weights(tm.model)))
+    ids, source = _held_out_ids(entries[0][1], gpt, eval_tokens)
+    log(f"measuring on {len(ids):,} tokens of {source} (windows of {window}); latency at batch 1 and "
+        f"{batch}, and greedy generation of {gen_tokens} tokens, the two models alternating ({threads_note()})")
+    rows = lm_rows(entries, ids, window, batch, gen_tokens)
+    return write_report(out, rows, {"model": spec, "source": source})

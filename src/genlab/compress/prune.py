@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
 from ..models.gpt import GPT, GPTConfig
+from ..models.layers import is_conv1d
 
 
 def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -30,8 +31,7 @@ def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
     out = []
     for name, m in model.named_modules():
         w = getattr(m, "weight", None)
-        conv1d = type(m).__name__ == "Conv1D"   # GPT-2's linear layer in transformers
-        if (isinstance(m, kinds) or conv1d) and isinstance(w, nn.Parameter) and id(w) not in embedded:
+        if (isinstance(m, kinds) or is_conv1d(m)) and isinstance(w, nn.Parameter) and id(w) not in embedded:
             out.append((name, m))
     return out
 

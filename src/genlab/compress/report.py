@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runs import atomic_path
+from ..data.tokenizer import windows
+from ..metrics.text import sliding_loss
+from ..util.io import write_text_atomic
 
 
 def file_bytes(path) -> int:
@@ -72,7 +74,6 @@ def tokens_per_second(tms: list, prompt_ids: list, n_tokens: int, min_rounds: in
 def lm_rows(entries: list[tuple], ids: np.ndarray, window: int, batch: int, gen_tokens: int) -> list[dict]:
     """Measure language models side by side. entries: (name, text model, module, weights
     path, parameter count), the module being forward(idx) -> (logits, _)."""
-    from ..train.lm import sliding_loss, windows
     x1, _ = windows(ids, [0], window)
     starts = np.linspace(0, len(ids) - window - 1, batch).astype(np.int64).tolist()
     xb, _ = windows(ids, starts, window)
@@ -152,8 +153,6 @@ def write_report(out: Path, rows: list[dict], extra: dict) -> dict:
     """Write report.json (every figure) and report.md (the table) into `out`."""
     text = table(rows)
     rep = {**extra, "rows": rows, "table": text, "out": str(out)}
-    with atomic_path(out / "report.json") as tmp:
-        Path(tmp).write_text(json.dumps(rep, indent=2))
-    with atomic_path(out / "report.md") as tmp:
-        Path(tmp).write_text(text + "\n")
+    write_text_atomic(out / "report.json", json.dumps(rep, indent=2))
+    write_text_atomic(out / "report.md", text + "\n")
     return rep

@@ -18,9 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import GenlabError
-from . import sources
+from . import emoji, sources
+
+BUILTIN_NAMES = (*sources.BUILTIN, "emoji")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 TEST_FRACTION = 0.1
@@ -34,6 +37,8 @@ class ImageData:
     test_x: torch.Tensor
     test_y: torch.Tensor | None
     classes: tuple = ()
+    train_captions: list | None = None   # per image, a list of descriptions (emoji: name, short names ...)
+    test_captions: list | None = None
 
     @property
     def shape(self) -> tuple:
@@ -61,6 +66,30 @@ class ImageData:
         lab = f", {self.num_classes} classes" if self.classes else ", unlabelled"
         return (f"{self.name}: {len(self.train_x):,} train / {len(self.test_x):,} test, "
                 f"{h}x{w}x{c}{lab}")
+
+    def class_counts(self) -> list[tuple[str, int, int]]:
+        """(class, training images, test images) per class."""
+        if self.train_y is None or not self.classes:
+            return []
+        tr = torch.bincount(self.train_y, minlength=self.num_classes).tolist()
+        te = torch.bincount(self.test_y, minlength=self.num_classes).tolist() if self.test_y is not None \
+            else [0] * self.num_classes
+        return list(zip(self.classes, tr, te))
+
+    def examples(self, per_class: int = 8, seed: int = 0) -> torch.Tensor:
+        """Up to `per_class` training images of each class (one class per row), floats in [0, 1]."""
+        g = torch.Generator().manual_seed(seed)
+        if self.train_y is None:
+            idx = torch.randperm(len(self.train_x), generator=g)[:per_class * 8]
+            return self.to_float(self.train_x[idx])
+        rows = []
+        for k in range(self.num_classes):
+            idx = torch.nonzero(self.train_y == k).flatten()
+            pick = idx[torch.randperm(len(idx), generator=g)[:per_class]]
+            row = self.to_float(self.train_x[pick])
+            pad = torch.ones((per_class - len(row),) + tuple(self.shape))
+            rows.append(torch.cat([row, pad]))
+        return torch.cat(rows)
 
 
 # -- IDX (MNIST format) -------------------------------------------------------------------
@@ -107,7 +136,6 @@ def _is_test(key: str) -> bool:
 
 
 def _load_folder(path: str, image_size: int | None, channels: int | None) -> ImageData:
-    from PIL import Image, UnidentifiedImageError
 
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -164,7 +192,6 @@ def _load_folder(path: str, image_size: int | None, channels: int | None) -> Ima
 
 
 def _center_crop_resize(im, size):
-    from PIL import Image
     w, h = im.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
@@ -260,10 +287,26 @@ def load_images(spec: str, image_size: int | None = None, channels: int | None =
         return _load_folder(spec[len("folder:"):], image_size, channels)
     if spec.startswith("npy:"):
         return _load_npy(spec[len("npy:"):], image_size, channels)
+    if spec == "emoji":
+        return _load_emoji(image_size, channels)
     if spec in sources.BUILTIN:
         data = _load_builtin(spec)
         if (image_size not in (None, 28)) or (channels not in (None, 1)):
             raise GenlabError(f"{spec} is 28x28 grey; --image-size/--channels apply to folder: and npy: data")
         return data
-    raise GenlabError(f"unknown dataset '{spec}' (built-in: {', '.join(sources.BUILTIN)}; "
+    raise GenlabError(f"unknown dataset '{spec}' (built-in: {', '.join(BUILTIN_NAMES)}; "
                       "or folder:PATH, npy:PATH)")
+
+
+def _load_emoji(image_size: int | None, channels: int | None) -> ImageData:
+    """The emoji dataset (data/emoji.py) as (N, 3, S, S) images, categories as labels, with captions."""
+    if channels not in (None, 3):
+        raise GenlabError("emoji is RGB: --channels 3 (or leave it out)")
+    d = emoji.obtain(image_size or 32)
+    x = torch.from_numpy(np.ascontiguousarray(d["x"].transpose(0, 3, 1, 2)))
+    y = torch.from_numpy(d["y"])
+    test = torch.from_numpy(d["test"])
+    caps = d["captions"]
+    return ImageData("emoji", x[~test], y[~test], x[test], y[test], emoji.CATEGORIES,
+                     train_captions=[c for c, t in zip(caps, d["test"]) if not t],
+                     test_captions=[c for c, t in zip(caps, d["test"]) if t])

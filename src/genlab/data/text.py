@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import GenlabError
-from ..runs import write_bytes_atomic
-from .sources import (_allowed_sources, _say, _SourceFailed, apt_download, data_root,
-                      pip_download, web_download)
+from ..util.io import write_bytes_atomic
+from .rdata import read_lazyload
+from .sources import _allowed_sources, _say, _SourceFailed, apt_download, data_root, pip_download, web_download
 
 HELD_OUT = {
     "shakespeare": ("julius-caesar", "macbeth", "the-tempest", "twelfth-night"),
@@ -151,7 +151,6 @@ _AUSTEN_TITLES = {"sensesensibility": "sense-and-sensibility", "prideprejudice":
 
 
 def _austen(files: dict) -> list:
-    from .rdata import read_lazyload
     books = read_lazyload(files[_AUSTEN_DIR + "Rdata.rdx"], files[_AUSTEN_DIR + "Rdata.rdb"])
     docs = []
     for key, title in _AUSTEN_TITLES.items():  # publication order
@@ -229,7 +228,8 @@ def _package(src: CorpusSource, source: str) -> bytes:
         return path.read_bytes()
 
 
-def _cache_file(name: str) -> Path:
+def corpus_path(name: str) -> Path:
+    """Where built-in corpus `name` is cached (one JSON file)."""
     return data_root() / "corpora" / f"{name}.json"
 
 
@@ -242,7 +242,7 @@ def fetch_corpus(name: str, quiet: bool = False) -> list:
     gives verified bytes; cached as one JSON file."""
     src = SOURCES[name]
     reasons = []
-    cache = _cache_file(name)
+    cache = corpus_path(name)
     for source in _allowed_sources():
         if source == "cache":
             if not cache.is_file():
@@ -282,7 +282,8 @@ def fetch_corpus(name: str, quiet: bool = False) -> list:
 
 # -- text:PATH --------------------------------------------------------------------------
 
-def _read_text_file(p: Path) -> str:
+def read_text_file(p: Path) -> str:
+    """A UTF-8 text file's text; a binary, non-UTF-8 or unreadable file is a clear error."""
     try:
         data = p.read_bytes()
     except OSError as e:
@@ -302,7 +303,7 @@ def _text_corpus(spec: str) -> Corpus:
     if not path.exists():
         raise GenlabError(f"{path}: no such file or folder")
     if path.is_file():
-        text = _read_text_file(path)
+        text = read_text_file(path)
         if not text.strip():
             raise GenlabError(f"{path}: the file is empty")
         cut = text.rfind("\n", 0, int(len(text) * 0.9)) + 1
@@ -313,7 +314,7 @@ def _text_corpus(spec: str) -> Corpus:
         return Corpus(spec, docs, (docs[1][0],), f"the file {path}")
     files = sorted(p for p in path.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    docs = [(str(p.relative_to(path)), _read_text_file(p)) for p in files]
+    docs = [(str(p.relative_to(path)), read_text_file(p)) for p in files]
     docs = [(n, t) for n, t in docs if t.strip()]
     if not docs:
         raise GenlabError(f"{path}: no non-empty text files in the folder")
@@ -338,5 +339,5 @@ def load_corpus(spec: str, quiet: bool = False) -> Corpus:
 
 
 def list_corpora() -> list[dict]:
-    return [{"name": n, "description": s.description, "cached": _cache_file(n).is_file(),
+    return [{"name": n, "description": s.description, "cached": corpus_path(n).is_file(),
              "source": s.registry, "held_out": list(HELD_OUT[n])} for n, s in SOURCES.items()]

@@ -17,9 +17,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..errors import GenlabError
-from ..runs import write_bytes_atomic, write_json_atomic
+from ..util.io import write_bytes_atomic, write_json_atomic
 from .sources import data_root
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -79,7 +81,6 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, texts, vocab_size: int = 768) -> "BPETokenizer":
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -135,7 +136,6 @@ def load_tokenizer(run_path):
         if d["kind"] == "char":
             return CharTokenizer(d["chars"])
         if d["kind"] == "bpe":
-            from tokenizers import Tokenizer
             return BPETokenizer(Tokenizer.from_str(json.dumps(d["tokenizer"])))
         raise ValueError(f"unknown kind {d['kind']!r}")
     except FileNotFoundError:
@@ -174,3 +174,11 @@ def encoded_corpus(corpus, tok, log=None) -> dict:
             n = int(len(ids))
         out[split] = np.memmap(p, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
     return out
+
+
+def windows(data: np.ndarray, starts, block: int):
+    """(inputs, targets) int64 tensors (len(starts), block): the windows of encoded `data`
+    at `starts`, and the same windows shifted by one token (what comes next)."""
+    x = torch.from_numpy(np.stack([data[i:i + block].astype(np.int64) for i in starts]))
+    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block].astype(np.int64) for i in starts]))
+    return x, y

@@ -13,7 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import GenlabError
+import numpy as np
+
+from ..data.text import load_corpus
+from ..data.tokenizer import encoded_corpus
+from ..util.errors import GenlabError, check
+from .hf import _encode, encode_prompt_text
 
 ROLES = ("system", "user", "assistant")
 
@@ -103,3 +108,37 @@ def split(examples: list) -> tuple[list, list]:
     val = examples[9::10] or examples[-1:]
     held = {id(e) for e in val}
     return [e for e in examples if id(e) not in held], val
+
+
+def encode_pair(tok, template, system, messages, max_len):
+    """(ids, number of prompt tokens) for training on the last assistant turn of
+    `messages`, laid out with the chat template and cut to max_len tokens."""
+    if hasattr(template, "split_last"):
+        prompt, completion = template.split_last(system, messages)
+    else:  # genlab's text template: the reply, then its stop string
+        prompt = template.render(system, messages[:-1])
+        completion = messages[-1]["content"] + template.stop
+    p = encode_prompt_text(tok, prompt)
+    c = _encode(tok, completion, add_special_tokens=False)
+    check(len(p) < max_len, f"a prompt of {len(p)} tokens does not fit the --block-size of {max_len}")
+    return (p + c)[:max_len], len(p)
+
+
+class _HFTokenizer:
+    """A transformers tokenizer with the interface genlab's corpus encoder expects."""
+    kind = "hf"
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.vocab_size = len(tok)
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.asarray(_encode(self.tok, text, add_special_tokens=False), dtype=np.int64)
+
+    def to_json(self) -> dict:
+        return {"kind": "hf", "tokenizer": self.tok.backend_tokenizer.to_str()}
+
+
+def encoded(corpus: str, tok, log) -> dict:
+    """The splits of `corpus` in a transformers tokenizer's ids (cached like genlab's own)."""
+    return encoded_corpus(load_corpus(corpus), _HFTokenizer(tok), log=log)

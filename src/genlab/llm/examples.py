@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 import re
 
+from ..data.text import load_corpus
+
 TOPICS = ("light", "water", "sea", "king", "bread", "wine", "fire", "gold", "silver", "city", "river",
           "mountain", "tree", "fruit", "sheep", "horse", "house", "wind", "rain", "stone", "field", "night",
           "morning", "sun", "moon", "star", "earth", "heaven", "land", "war", "peace", "law", "wisdom", "love",
@@ -42,7 +44,6 @@ def scripture_topics(seed: int = 0, held_out: int = 24) -> tuple[list, list]:
 
 def scripture_instructions(topics, per_topic: int = 4, seed: int = 0) -> list:
     """[{"prompt", "response"}]: a request about a topic, answered with a KJV verse on it."""
-    from ..data.text import load_corpus
     verses = _verses(load_corpus("kjv", quiet=True))
     rng = random.Random(seed)
     out = []

@@ -1,4 +1,4 @@
-"""A genlab GPT run as a Hugging Face GPT-2 model (`genlab export RUN --format hf`).
+"""A genlab GPT as a Hugging Face GPT-2 model (what `genlab export RUN --format hf` writes).
 
 genlab's GPT is GPT-2's architecture (pre-norm blocks, learned positions, tied head,
 exact GELU), so the weights map one to one: GPT-2's Conv1D layers store the transposed
@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 
 import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-from ..errors import GenlabError
-from ..runs import atomic_path
+from ..util.errors import GenlabError
+from ..util.io import write_text_atomic
 
 
 def _jinja(template) -> str:
@@ -32,8 +33,7 @@ def _jinja(template) -> str:
 
 def hf_tokenizer(tok):
     """genlab's tokenizer as a transformers PreTrainedTokenizerFast."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # heavy: only when exporting
     if tok.kind == "char":
         t = Tokenizer(models.WordLevel({c: i for i, c in enumerate(tok.chars)}, unk_token=None))
         t.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
@@ -44,8 +44,9 @@ def hf_tokenizer(tok):
 
 
 def gpt_to_hf(run):
-    """(GPT2LMHeadModel, tokenizer) with the weights of the LMRun `run`."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """(GPT2LMHeadModel, tokenizer) with the weights of a genlab GPT run (anything with
+    .model, .config, .path, .tokenizer and .template, as the lm family's LMRun has)."""
+    from transformers import GPT2Config, GPT2LMHeadModel  # heavy: only when exporting
     c = run.model.cfg
     if run.config.get("compress", {}).get("quantize"):
         raise GenlabError(f"{run.path}: an int8 model; GPT-2 in transformers holds float weights "
@@ -85,22 +86,14 @@ def gpt_to_hf(run):
     return model.eval(), tok
 
 
-def export_hf(run_path, out, overwrite: bool = False, log=print) -> Path:
-    """Write the run at `run_path` as a Hugging Face directory at `out`."""
-    from ..lmrun import LMRun
-    from .hf import _quiet_transformers
-    _quiet_transformers()
-    run = LMRun(run_path)
+def write_hf(model, tok, out, source: dict, overwrite: bool = False) -> Path:
+    """Save a transformers model and tokenizer as a Hugging Face directory at `out`, with
+    genlab-source.json recording where it came from."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise GenlabError(f"{out}: exists and is not empty (use --overwrite or another --out)")
-    model, tok = gpt_to_hf(run)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    with atomic_path(out / "genlab-source.json") as tmp:
-        Path(tmp).write_text(json.dumps({"exported_from": str(run.path), "architecture": "GPT2LMHeadModel",
-                                         "tokenizer": run.tokenizer.kind,
-                                         "chat_stop": run.template.stop}, indent=2))
-    log(f"exported {run.path} as a Hugging Face GPT-2 model -> {out}")
+    write_text_atomic(out / "genlab-source.json", json.dumps(source, indent=2))
     return out

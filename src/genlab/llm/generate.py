@@ -8,29 +8,38 @@ generator); everything the user sees is written once, here.
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
-from ..errors import GenlabError
+from ..data.text import read_text_file
+from ..metrics.text import sliding_loss, text_scores
+from ..util.errors import GenlabError, check as _check
+from ..util.options import Opt, at_least, open_range
 from .chat import Chat
 
-
-def _check(cond, msg):
-    if not cond:
-        raise GenlabError(msg)
+# The sampling options of every text model (validated here, offered by the CLI).
+MAX_NEW_TOKENS = Opt("max_new_tokens", int, check=at_least(1), label="--max-new-tokens")
+TEMPERATURE = Opt("temperature", float, 0.8, check=at_least(0), label="--temperature", help="0 = greedy (default 0.8)")
+TOP_K = Opt("top_k", int, 200, check=at_least(1), label="--top-k",
+            help="sample from the k most likely tokens (default 200)")
+TOP_P = Opt("top_p", float, check=open_range(0, 1), label="--top-p",
+            help="nucleus sampling: the smallest set of tokens with this much probability")
+GEN_SEED = Opt("seed", int, help="same seed, same text (default: random)")
+SYSTEM = Opt("system", str, help="a system prompt, placed as the chat template says")
+GENERATION_OPTIONS = (SYSTEM, MAX_NEW_TOKENS, TEMPERATURE, TOP_K, TOP_P, GEN_SEED)
 
 
 def read_eval_file(text) -> tuple[str, str]:
     """(text, source) of a UTF-8 file to score; a missing or empty file is a clear error."""
-    from ..data.text import _read_text_file
     p = Path(text)
     _check(p.is_file(), f"{p}: no such file")
-    raw = _read_text_file(p)
+    raw = read_text_file(p)
     _check(raw.strip() != "", f"{p}: the file is empty")
     return raw, str(p)
 
@@ -66,11 +75,9 @@ class TextModel:
                use_cache: bool = True, stop: str | None = None, warn=None) -> Iterator[str]:
         """Yield the generated text piece by piece as tokens come (greedy at temperature 0).
         With `stop`, generation ends where that string appears (it is not yielded)."""
-        _check(isinstance(max_new_tokens, int) and max_new_tokens >= 1,
-               f"--max-new-tokens must be a whole number >= 1, not {max_new_tokens}")
-        _check(temperature >= 0, f"--temperature must be >= 0, not {temperature}")
-        _check(top_k is None or (isinstance(top_k, int) and top_k >= 1), f"--top-k must be >= 1, not {top_k}")
-        _check(top_p is None or 0 < top_p <= 1, f"--top-p must be in (0, 1], not {top_p}")
+        for opt, v in ((MAX_NEW_TOKENS, max_new_tokens), (TEMPERATURE, temperature), (TOP_K, top_k), (TOP_P, top_p)):
+            opt.validate(v)
+        _check(max_new_tokens is not None, "--max-new-tokens must be given")
         ids = self.encode_prompt(prompt)
         note = self._window_note(len(ids), max_new_tokens, use_cache)
         if warn and note:
@@ -135,13 +142,10 @@ class TextModel:
         """Loss (nats per token), perplexity and bits per character of the token ids `ids`
         (the encoding of `raw`) under `module` (forward(idx) -> (logits, _)), every token
         scored once with a sliding window of `block` tokens (stride: half of it)."""
-        import numpy as np
-        from ..train.lm import sliding_loss
         ids = np.asarray(ids)
         _check(len(ids) >= 2, f"{source}: too short to evaluate (needs at least two tokens)")
         bar = None
         if log is not None and sys.stderr.isatty():
-            from tqdm import tqdm
             bar = tqdm(total=None, unit="window", leave=False, file=sys.stderr)
         try:
             loss, n = sliding_loss(module, ids, block, stride=stride, batch=batch, device=self.device,
@@ -151,6 +155,4 @@ class TextModel:
                 bar.close()
         chars = len(raw) - len(self.decode(ids[:1].tolist()))
         return {"kind": "eval", "family": "lm", "source": source, "tokens_scored": n,
-                "val_loss": loss, "perplexity": math.exp(loss),
-                "bits_per_char": loss * n / math.log(2) / max(chars, 1),
-                "chars_per_token": chars / n, "context": block, "stride": stride or block // 2}
+                **text_scores(loss, n, chars), "context": block, "stride": stride or block // 2}

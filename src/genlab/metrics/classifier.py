@@ -20,7 +20,6 @@ from ..data import ImageData, data_root
 from ..errors import GenlabError
 from ..runs import RunDir
 
-
 RECIPE = 5  # bump when the training recipe changes: cached classifiers are then retrained
 # (5: the initial weights come from the seed, no longer from the caller's RNG state)
 

@@ -16,13 +16,21 @@ import torch.nn.functional as F
 from ..models.vae import elbo_terms
 
 
+def _device(model) -> torch.device:
+    """Where the model's tensors live (an int8 model holds only buffers)."""
+    t = next(model.parameters(), None)
+    t = t if t is not None else next(model.buffers(), None)
+    return t.device if t is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def negative_elbo(model, x_u8: torch.Tensor, to_float, batch_size: int = 1000) -> dict:
     """Mean negative ELBO, BCE and KLD per image over uint8 images `x_u8`."""
     model.eval()
     tot_bce = tot_kld = 0.0
+    dev = _device(model)
     for i in range(0, len(x_u8), batch_size):
-        x = to_float(x_u8[i:i + batch_size])
+        x = to_float(x_u8[i:i + batch_size]).to(dev)
         logits, mu, logvar = model(x)
         bce, kld = elbo_terms(logits, x, mu, logvar)
         tot_bce += float(bce)
@@ -37,12 +45,13 @@ def iwae_nll(model, x_u8: torch.Tensor, to_float, k: int = 100, batch_size: int 
     model.eval()
     batch_size = batch_size or max(1, 2048 // k)  # ~2k decodes at a time: cache-friendly
     total = 0.0
+    dev = _device(model)
     for i in range(0, len(x_u8), batch_size):
-        x = to_float(x_u8[i:i + batch_size])
+        x = to_float(x_u8[i:i + batch_size]).to(dev)
         b = x.shape[0]
         mu, logvar = model.encode(x)
         std = torch.exp(0.5 * logvar)
-        eps = torch.randn((k,) + mu.shape)
+        eps = torch.randn((k,) + mu.shape, device=dev)
         z = mu + eps * std                                           # (k, b, d)
         logits = model.decode_logits(z.reshape(k * b, -1))
         xk = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])

@@ -32,8 +32,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from ..errors import GenlabError
+from ..runs import state_mismatch
 
 INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -317,7 +319,6 @@ def _one_line(e: BaseException) -> str:
 
 def _read_state_dict(p: Path) -> Mapping:
     if p.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
         return load_file(str(p), device="cpu")
     return torch.load(p, map_location="cpu", weights_only=True)
 
@@ -356,8 +357,7 @@ def load_inception(path) -> InceptionFeatures:
     for k, v in expected.items():
         if k.endswith(".num_batches_tracked") and k not in state:
             state[k] = torch.zeros(v.shape, dtype=v.dtype)
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
+    missing, extra, shape = state_mismatch(expected, state)
     if missing or extra:
         def few(keys):
             return (", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
@@ -365,11 +365,9 @@ def load_inception(path) -> InceptionFeatures:
         raise GenlabError(
             f"{p}: not the FID Inception weights (missing keys: {few(missing)}; "
             f"unexpected keys: {few(extra)})")
-    for k, v in expected.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise GenlabError(
-                f"{p}: not the FID Inception weights (tensor {k} has shape "
-                f"{tuple(state[k].shape)}, expected {tuple(v.shape)})")
+    if shape:
+        raise GenlabError(f"{p}: not the FID Inception weights (tensor {shape[0]} has shape {shape[1]}, "
+                          f"expected {shape[2]})")
     model = model.to_empty(device="cpu")
     model.load_state_dict(state, strict=True)
     model.eval()

@@ -39,6 +39,8 @@ class GPTConfig:
             v = getattr(self, k)
             if v is not None and int(v) < 1:
                 raise ValueError(f"{k} must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
 
     @property
     def hidden(self) -> int:
@@ -47,8 +49,6 @@ class GPTConfig:
     @property
     def hd(self) -> int:
         return self.head_dim or self.n_embd // self.n_head
-        if not 0 <= self.dropout < 1:
-            raise ValueError("dropout must be in [0, 1)")
 
     def to_dict(self) -> dict:
         return {"arch": "gpt", **{k: v for k, v in asdict(self).items() if v is not None}}

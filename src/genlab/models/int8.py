@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layers import float_weight, linear_layers
 
 _FBGEMM = "fbgemm" in torch.backends.quantized.supported_engines
 
@@ -34,15 +35,6 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
     q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
     return q, scale
-
-
-def _is_conv1d(m: nn.Module) -> bool:
-    return type(m).__name__ == "Conv1D" and hasattr(m, "nf") and m.weight.dim() == 2
-
-
-def float_weight(m: nn.Module) -> torch.Tensor:
-    """The (out, in) weight of an nn.Linear or a transformers Conv1D (which holds (in, out))."""
-    return m.weight.t() if _is_conv1d(m) else m.weight
 
 
 class Int8Linear(nn.Module):
@@ -149,11 +141,6 @@ class Int8Embedding(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.weight[idx].float() * self.scale[idx].unsqueeze(-1) / self.smooth
-
-
-def linear_layers(module: nn.Module) -> dict[str, nn.Module]:
-    """{qualified name: layer} of every nn.Linear and transformers Conv1D."""
-    return {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear) or _is_conv1d(m)}
 
 
 def quantize_int8(module: nn.Module, skip=(), smooth: dict | None = None) -> int:

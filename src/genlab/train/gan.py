@@ -18,10 +18,8 @@ import torch.nn.functional as F
 
 from ..data import ImageData
 from ..metrics.images import frechet_distance, gaussian_stats
-from ..plots import save_grid
-from ..runs import RunDir
 from .loop import Task
-from .vae import lr_factor
+from .optim import lr_factor, make_optimizer, set_lr
 
 LOSSES = ("bce", "ns", "hinge")
 
@@ -29,13 +27,6 @@ LOSSES = ("bce", "ns", "hinge")
 def to_signed(x_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 images -> floats in [-1, 1] (the lecture's Tanh range)."""
     return x_uint8.float().div_(127.5).sub_(1.0)
-
-
-def _adam(params, lr, betas):
-    try:
-        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, betas=betas)
 
 
 class GANTask(Task):
@@ -54,8 +45,8 @@ class GANTask(Task):
         self.lr_g, self.lr_d = lr_g, lr_d
         self.schedule = schedule
         self.ema_decay = ema_decay
-        self.opt_g = _adam(model.G.parameters(), lr_g, tuple(betas))
-        self.opt_d = _adam(model.D.parameters(), lr_d, tuple(betas))
+        self.opt_g = make_optimizer(model.G.parameters(), lr=lr_g, betas=betas)
+        self.opt_d = make_optimizer(model.D.parameters(), lr=lr_d, betas=betas)
         self.classifier = classifier
         self.n_eval = n_eval
         self.warn = warn or (lambda m: print(f"genlab: warning: {m}", file=sys.stderr, flush=True))
@@ -87,28 +78,27 @@ class GANTask(Task):
         if self.schedule != "constant":
             f = lr_factor(self.schedule, fraction, warmup=0.0)
             for opt, lr in ((self.opt_g, self.lr_g), (self.opt_d, self.lr_d)):
-                for group in opt.param_groups:
-                    group["lr"] = lr * f
+                set_lr(opt, lr * f)
 
     # -- one iteration ----------------------------------------------------------------------
-    def _labels(self, y, b):
+    def _labels(self, y, b, dev):
         if not self.cfg.num_classes:
             return None, None
-        return y, torch.randint(0, self.cfg.num_classes, (b,))
+        return y, torch.randint(0, self.cfg.num_classes, (b,), device=dev)
 
     def train_step(self, x, y):
         G, D = self.model.G, self.model.D
-        b = x.shape[0]
-        y_real, y_fake = self._labels(y, b)
+        b, dev = x.shape[0], x.device
+        y_real, y_fake = self._labels(y, b, dev)
 
         # Discriminator: real images -> "real", generated images -> "fake".
-        z = torch.randn(b, self.cfg.z_dim)
+        z = torch.randn(b, self.cfg.z_dim, device=dev)
         with torch.no_grad():
             fake = G(z, y_fake)
         out_real = D(x, y_real)
         out_fake = D(fake, y_fake)
         if self.loss == "bce":
-            ones, zeros = torch.ones(b, 1), torch.zeros(b, 1)
+            ones, zeros = torch.ones(b, 1, device=dev), torch.zeros(b, 1, device=dev)
             d_loss = self.bce(out_real, ones) + self.bce(out_fake, zeros)
         elif self.loss == "ns":
             d_loss = F.softplus(-out_real).mean() + F.softplus(out_fake).mean()
@@ -119,13 +109,13 @@ class GANTask(Task):
         self.opt_d.step()
 
         # Generator: make D call fresh fakes "real" (the labels flipped).
-        z = torch.randn(b, self.cfg.z_dim)
+        z = torch.randn(b, self.cfg.z_dim, device=dev)
         if y_fake is not None:
-            y_fake = torch.randint(0, self.cfg.num_classes, (b,))
+            y_fake = torch.randint(0, self.cfg.num_classes, (b,), device=dev)
         D.requires_grad_(False)
         out = D(G(z, y_fake), y_fake)
         if self.loss == "bce":
-            g_loss = self.bce(out, torch.ones(b, 1))
+            g_loss = self.bce(out, torch.ones(b, 1, device=dev))
         elif self.loss == "ns":
             g_loss = F.softplus(-out).mean()
         else:
@@ -150,16 +140,23 @@ class GANTask(Task):
         return d_loss.detach() * b
 
     # -- per epoch --------------------------------------------------------------------------
-    def end_epoch(self, epoch, train_loss, run: RunDir, final):
+    def _device(self):
+        return next(self.model.parameters()).device
+
+    def grid(self):
+        dev = self._device()
+        return self.model.generate(self.grid_z.to(dev), None if self.grid_y is None else self.grid_y.to(dev))
+
+    def end_epoch(self, epoch, train_loss, final):
         gl, dx, dgz, n = (self._acc / max(1.0, float(self._acc[3]))).tolist()
         self._acc.zero_()
         rec = {"d_loss": train_loss, "g_loss": gl, "d_real": dx, "d_fake": dgz, "iterations": self.steps}
-        save_grid(self.model.generate(self.grid_z, self.grid_y), run.samples_dir / f"epoch_{epoch:03d}.png")
         if self.classifier is not None:
             g = torch.Generator().manual_seed(epoch)
             z = torch.randn(self.n_eval, self.cfg.z_dim, generator=g)
             y = torch.randint(0, self.cfg.num_classes, (self.n_eval,), generator=g) if self.cfg.num_classes else None
-            imgs = torch.cat([self.model.generate(z[i:i + 500], None if y is None else y[i:i + 500])
+            dev = self._device()
+            imgs = torch.cat([self.model.generate(z[i:i + 500].to(dev), None if y is None else y[i:i + 500].to(dev)).cpu()
                               for i in range(0, self.n_eval, 500)])
             feats = self.classifier.features(imgs)
             mu, sigma = gaussian_stats(feats)

@@ -1,5 +1,8 @@
-"""The shared training loop: seeding, shuffling, checkpoints, resume, time budget,
-Ctrl-C, NaN guard, logging and the progress bar. Families plug in a `Task`.
+"""The shared training loops: seeding, shuffling, checkpoints, resume, time budget,
+Ctrl-C, NaN guard, logging and the progress bar. Families plug in a `Task` (epochs over an
+in-memory image dataset) or an `IterTask` (steps that draw their own batches). Steps
+compute; the loop owns every write to the run directory (weights, state, metrics, the
+per-epoch sample grids), and the engine (engine.py) owns device, RNG and process.
 
 Repeatability: one `torch.Generator` shuffles the data and the global torch RNG feeds
 the model (e.g. the VAE's reparameterization noise); evaluation runs inside
@@ -17,9 +20,12 @@ import time
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
-from ..errors import GenlabError
+from ..plots import save_grid
 from ..runs import RunDir
+from ..util.errors import GenlabError
+from .engine import CPU, Engine
 
 
 @dataclass
@@ -51,9 +57,14 @@ class Task:
     def set_progress(self, fraction: float) -> None:
         """Called before each step with the fraction of training done (for schedules)."""
 
-    def end_epoch(self, epoch: int, train_loss: float, run: RunDir, final: bool) -> dict:
-        """Evaluate / draw samples after an epoch; returns fields for metrics.jsonl."""
+    def end_epoch(self, epoch: int, train_loss: float, final: bool) -> dict:
+        """Evaluate after an epoch; returns fields for metrics.jsonl."""
         return {}
+
+    def grid(self) -> torch.Tensor | None:
+        """Images (N, C, H, W) in [0, 1] from fixed latents, saved by the loop as
+        samples/epoch_NNN.png after every epoch (None: no grid)."""
+        return None
 
     def epoch_line(self, epoch: int, rec: dict) -> str:
         return f"Epoch {epoch}, Loss: {rec['train_loss']:.4f}"
@@ -107,9 +118,16 @@ def _progress(enabled: bool | None, total, initial: int, unit: str, log):
     is a terminal); else (None, log)."""
     if not (enabled if enabled is not None else sys.stdout.isatty()):
         return None, log
-    from tqdm import tqdm
     bar = tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, leave=False)
     return bar, bar.write
+
+
+def _stepped(clock: _Clock, t0: float, bar, postfix) -> None:
+    """After a step: count its time, move the progress bar (postfix: its text, made lazily)."""
+    clock.step_done(t0)
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix_str(postfix())
 
 
 def _stop_reason(intr: _Interrupt, time_budget: float | None, elapsed: float) -> str | None:
@@ -135,10 +153,11 @@ def _say_stopped(say, stopped: str | None, run: RunDir, time_budget, spent: str)
 
 
 def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | None,
-        cfg: LoopConfig, to_float, resume: bool = False, log=print) -> dict:
+        cfg: LoopConfig, to_float, resume: bool = False, log=print, engine: Engine = CPU) -> dict:
     """Train `task` on uint8 images `train_x`; returns a summary dict.
 
-    `to_float` turns an indexed uint8 batch into the model's float input.
+    `to_float` turns an indexed uint8 batch into the model's float input, which the
+    engine moves to its device.
     """
     n = len(train_x)
     if n == 0:
@@ -160,20 +179,22 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
         running, elapsed = float(state["running"]), float(state["elapsed"])
         step_time = float(state.get("step_time", 0.0))
         gen.set_state(state["gen_state"])
-        torch.set_rng_state(state["rng_state"])
+        engine.set_rng_state(state)
         if start_epoch > epochs:
             log(f"{run.path}: already trained for {start_epoch - 1} epochs; nothing to do")
             return {"epochs": start_epoch - 1, "stopped": None}
     else:
-        torch.manual_seed(cfg.seed)
+        engine.seed(cfg.seed)
 
     bar, say = _progress(cfg.progress, None if cfg.epochs is None else total_steps,
                          (start_epoch - 1) * steps_per_epoch + start_step, "step", log)
 
     def save(epoch, step, gen_state, running_sum):
+        if not engine.main:
+            return
         run.save_weights(task.model)
         run.save_state({"task": task.state_dict(), "epoch": epoch, "step": step,
-                        "gen_state": gen_state, "rng_state": torch.get_rng_state(),
+                        "gen_state": gen_state, **engine.rng_state(),
                         "running": running_sum, "elapsed": clock.elapsed, "step_time": clock.step_time})
 
     stopped = None
@@ -187,7 +208,7 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
         try:
             while epoch <= epochs and stopped is None:
                 gen_state = gen.get_state()
-                perm = torch.randperm(n, generator=gen)
+                perm = engine.shard(torch.randperm(n, generator=gen))
                 step = start_step if epoch == start_epoch else 0
                 running = running if epoch == start_epoch else 0.0
                 task.model.train()
@@ -202,23 +223,21 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
                     t0 = time.monotonic()
                     idx = perm[step * bs:(step + 1) * bs]
                     yb = None if train_y is None else train_y[idx]
-                    loss = float(task.train_step(to_float(train_x[idx]), yb))
+                    loss = float(task.train_step(engine.batch(to_float(train_x[idx])),
+                                                 None if yb is None else engine.batch(yb)))
                     _check_finite(loss, f"epoch {epoch}, step {step + 1}", run, "last good")
                     running += loss
                     step += 1
                     steps_taken += 1
-                    clock.step_done(t0)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix_str(f"epoch {epoch} loss {running / min(n, step * bs):.2f}")
+                    _stepped(clock, t0, bar, lambda: f"epoch {epoch} loss {running / min(n, step * bs):.2f}")
                 if stopped is not None and step < steps_per_epoch:
                     if stopped == "time budget" and steps_taken > 0:
                         # Finish cleanly: evaluate the model as it stands, then save.
                         _end_epoch(task, run, epoch, running / min(n, step * bs),
-                                   step / steps_per_epoch, clock.step_time, say)
+                                   step / steps_per_epoch, clock.step_time, say, engine)
                     save(epoch, step, gen_state, running)
                     break
-                _end_epoch(task, run, epoch, running / n, 1.0, clock.step_time, say)
+                _end_epoch(task, run, epoch, running / n, 1.0, clock.step_time, say, engine)
                 clock.tick()
                 save(epoch + 1, 0, gen.get_state(), 0.0)
                 epoch += 1
@@ -233,12 +252,15 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
             "step_seconds": clock.step_time}
 
 
-def _end_epoch(task, run, epoch, train_loss, fraction, step_time, say):
-    with torch.random.fork_rng():
-        torch.manual_seed(10_000 + epoch)
+def _end_epoch(task, run, epoch, train_loss, fraction, step_time, say, engine):
+    with torch.random.fork_rng(devices=[engine.device] if engine.device.type == "cuda" else []):
+        engine.seed(10_000 + epoch)
         task.model.eval()
         with torch.no_grad():
-            extra = task.end_epoch(epoch, train_loss, run, final=fraction >= 1.0)
+            grid = task.grid() if engine.main else None
+            if grid is not None:
+                save_grid(grid, run.samples_dir / f"epoch_{epoch:03d}.png")
+            extra = task.end_epoch(epoch, train_loss, final=fraction >= 1.0)
         task.model.train()
     rec = {"kind": "epoch", "epoch": epoch, "train_loss": train_loss, **extra,
            "step_seconds": round(step_time, 3)}
@@ -248,7 +270,8 @@ def _end_epoch(task, run, epoch, train_loss, fraction, step_time, say):
     if fraction < 1.0:
         line += f"  (stopped {fraction:.0%} into the epoch)"
     say(line)
-    run.append_metrics(rec)
+    if engine.main:
+        run.append_metrics(rec)
     return rec
 
 
@@ -294,7 +317,8 @@ class IterTask:
 LAST = "last.safetensors"
 
 
-def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False, log=print) -> dict:
+def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False, log=print,
+              engine: Engine = CPU) -> dict:
     """Train for `max_iters` steps or `time_budget` seconds, printing `iter N: loss X`
     every log_interval steps and `iter N: val loss Y` every eval_interval steps.
 
@@ -311,25 +335,26 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
         task.load_state_dict(state["task"])
         it, elapsed = int(state["iter"]), float(state["elapsed"])
         step_time, best = float(state["step_time"]), float(state["best_val_loss"])
-        torch.set_rng_state(state["rng_state"])
+        engine.set_rng_state(state)
         if cfg.max_iters is not None and it >= cfg.max_iters:
             log(f"{run.path}: already trained for {it} iterations; nothing to do (raise --max-iters)")
             return {"iters": it, "stopped": None, "best_val_loss": best}
     else:
-        torch.manual_seed(cfg.seed)
+        engine.seed(cfg.seed)
 
     bar, say = _progress(cfg.progress, cfg.max_iters, it, "it", log)
     clock = _Clock(elapsed, step_time)
 
     def save():
+        if not engine.main:
+            return
         run.save_weights(task.checkpoint, LAST)
         run.save_state({"task": task.state_dict(), "iter": it, "elapsed": clock.elapsed,
-                        "step_time": clock.step_time, "best_val_loss": best,
-                        "rng_state": torch.get_rng_state()})
+                        "step_time": clock.step_time, "best_val_loss": best, **engine.rng_state()})
 
     def evaluate():
         nonlocal best
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=[engine.device] if engine.device.type == "cuda" else []):
             task.model.eval()
             with torch.no_grad():
                 rec = task.evaluate()
@@ -337,9 +362,11 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
         improved = rec["val_loss"] < best
         if improved:
             best = rec["val_loss"]
-            run.save_weights(task.checkpoint)
+            if engine.main:
+                run.save_weights(task.checkpoint)
         rec = {"kind": "val", "iter": it, **rec, "best": improved, "elapsed": round(clock.elapsed, 2)}
-        run.append_metrics(rec)
+        if engine.main:
+            run.append_metrics(rec)
         say(f"iter {it}: val loss {rec['val_loss']:.4f}" + ("  (best so far, saved)" if improved else ""))
         return rec
 
@@ -360,14 +387,12 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
                 _check_finite(loss, f"iteration {it + 1}", run, "best")
                 it += 1
                 steps_taken += 1
-                clock.step_done(t0)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str(f"loss {loss:.4f}")
+                _stepped(clock, t0, bar, lambda: f"loss {loss:.4f}")
                 if it % cfg.log_interval == 0 or it == 1:
                     extra = task.log_fields()
-                    run.append_metrics({"kind": "iter", "iter": it, "loss": loss, **extra,
-                                        "elapsed": round(clock.elapsed, 2)})
+                    if engine.main:
+                        run.append_metrics({"kind": "iter", "iter": it, "loss": loss, **extra,
+                                            "elapsed": round(clock.elapsed, 2)})
                     say(f"iter {it}: loss {loss:.4f}" + "".join(f", {k} {v:.3g}" for k, v in extra.items())
                         + f", {clock.elapsed:.0f}s")
                 if it % cfg.eval_interval == 0:
@@ -377,7 +402,7 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
                     clock.tick()
             if steps_taken and last_eval != it and stopped != "interrupt":
                 evaluate()
-            if not run.path.joinpath("model.safetensors").is_file():
+            if engine.main and not run.path.joinpath("model.safetensors").is_file():
                 run.save_weights(task.checkpoint)  # stopped before any evaluation: keep it usable
             save()
         finally:

