@@ -7,6 +7,8 @@ dataset classifier) are built once per session; tests that change a run work on 
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -19,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 import genlab
+from genlab.cli import main as genlab_main
 from genlab.data import load_images, sources
 
 GENLAB = [sys.executable, "-m", "genlab"]
@@ -39,6 +42,28 @@ def cli(*args, cwd=None, env=None, timeout=900, input_text=None) -> subprocess.C
 
 
 _cli = cli
+
+
+def cli_here(*args, env=None) -> subprocess.CompletedProcess:
+    """`genlab ARGS...` run in this interpreter: for calls that must fail with a user error,
+    which is decided before any work, so the 2 s of a fresh interpreter's imports buy nothing.
+    The global RNG, thread count and environment are restored afterwards, so no other test
+    sees the call."""
+    out, err = io.StringIO(), io.StringIO()
+    rng, threads, saved_env = torch.get_rng_state(), torch.get_num_threads(), dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = genlab_main([str(a) for a in args])
+            except SystemExit as e:          # argparse's own refusals
+                code = e.code if isinstance(e.code, int) else 2
+    finally:
+        torch.set_rng_state(rng)
+        torch.set_num_threads(threads)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(GENLAB + [str(a) for a in args], code, out.getvalue(), err.getvalue())
 
 
 def _expect_user_error(r: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -77,6 +102,11 @@ def _assert_same_weights(a, b) -> None:
 @pytest.fixture(name="cli", scope="session")
 def cli_fixture():
     return cli
+
+
+@pytest.fixture(name="cli_here", scope="session")
+def cli_here_fixture():
+    return cli_here
 
 
 @pytest.fixture(scope="session")

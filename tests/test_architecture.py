@@ -62,7 +62,7 @@ def test_an_old_lm_run_generates_the_old_codes_text(tmp_path, cli):
 
 def test_every_family_is_a_registered_plug_in(tmp_path):
     from genlab.families import FAMILIES, get, names
-    assert names(train_verb=True) == ["vae", "gan", "lm"]
+    assert names(train_verb=True) == ["vae", "gan", "stylegan", "lm"]
     assert {"finetune", "reward"} <= set(FAMILIES)
     assert type(genlab.load(_old_run(tmp_path, "vae"))).__name__ == "VAERun"
     assert type(genlab.load(_old_run(tmp_path, "lm"))).__name__ == "LMRun"
@@ -70,15 +70,15 @@ def test_every_family_is_a_registered_plug_in(tmp_path):
         get("diffusion")
 
 
-def test_an_option_declared_once_checks_alike_in_python_and_the_cli(cli, expect_user_error, tmp_path):
+def test_an_option_declared_once_checks_alike_in_python_and_the_cli(cli, expect_user_error, tmp_path, cli_here):
     # --warmup-iters: the lm trainer refused -5, the fine-tuner accepted it (two copies had drifted)
     for args in (["train", "lm"], ["finetune", "smollm2", "--data", "shakespeare"]):
-        expect_user_error(cli(*args, "--warmup-iters", "-5", "--out", tmp_path / "o"), "--warmup-iters", "must be >= 0")
+        expect_user_error(cli_here(*args, "--warmup-iters", "-5", "--out", tmp_path / "o"), "--warmup-iters", "must be >= 0")
     with pytest.raises(GenlabError, match="--warmup-iters must be a whole number >= 0"):
         genlab.finetune("smollm2", "shakespeare", out=tmp_path / "o", warmup_iters=-5)
     with pytest.raises(GenlabError, match="--width must be a whole number >= 2"):
         genlab.train("gan", out=tmp_path / "o", width=1)
-    expect_user_error(cli("train", "gan", "--width", "1", "--out", tmp_path / "o"), "--width", "must be >= 2")
+    expect_user_error(cli_here("train", "gan", "--width", "1", "--out", tmp_path / "o"), "--width", "must be >= 2")
     assert not (tmp_path / "o").exists()
 
 
@@ -99,11 +99,11 @@ def test_every_trainer_takes_a_device(device, tmp_path, cli):
     assert r.returncode == 0, r.stderr
 
 
-def test_a_missing_device_is_one_line(cli, expect_user_error, tmp_path):
+def test_a_missing_device_is_one_line(cli, expect_user_error, tmp_path, cli_here):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    expect_user_error(cli("train", "vae", "--device", "cuda", "--out", tmp_path / "o"), "no CUDA GPU")
-    expect_user_error(cli("train", "vae", "--device", "tpu", "--out", tmp_path / "o"), "unknown device 'tpu'")
+    expect_user_error(cli_here("train", "vae", "--device", "cuda", "--out", tmp_path / "o"), "no CUDA GPU")
+    expect_user_error(cli_here("train", "vae", "--device", "tpu", "--out", tmp_path / "o"), "unknown device 'tpu'")
     assert not (tmp_path / "o").exists()
 
 
@@ -117,28 +117,28 @@ def test_gpt_config_checks_dropout():
     assert not Path("never-written").exists()
 
 
-def test_sizes_beyond_memory_are_refused_up_front(tmp_path, cli, expect_user_error):
+def test_sizes_beyond_memory_are_refused_up_front(tmp_path, cli, expect_user_error, cli_here):
     run = _old_run(tmp_path, "vae")
     before = sorted(p.name for p in tmp_path.iterdir())
-    expect_user_error(cli("sample", run, "--n", 1_000_000_000, "--out", tmp_path / "x.npy"), "--n 1000000000",
+    expect_user_error(cli_here("sample", run, "--n", 1_000_000_000, "--out", tmp_path / "x.npy"), "--n 1000000000",
                       "GiB of memory")
-    expect_user_error(cli("interpolate", run, "--pairs", 1_000_000, "--steps", 1000, "--out", tmp_path / "i.npy"),
+    expect_user_error(cli_here("interpolate", run, "--pairs", 1_000_000, "--steps", 1000, "--out", tmp_path / "i.npy"),
                       "GiB of memory")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_an_unwritable_output_is_one_line(tmp_path, cli, expect_user_error):
+def test_an_unwritable_output_is_one_line(tmp_path, cli, expect_user_error, cli_here):
     run = _old_run(tmp_path, "vae")
-    expect_user_error(cli("sample", run, "--out", "/proc/x.png"), "/proc/x.png", "cannot write")
+    expect_user_error(cli_here("sample", run, "--out", "/proc/x.png"), "/proc/x.png", "cannot write")
     (tmp_path / "file").write_text("not a folder")
-    expect_user_error(cli("sample", run, "--out", tmp_path / "file" / "x.png"), "not a folder")
+    expect_user_error(cli_here("sample", run, "--out", tmp_path / "file" / "x.png"), "not a folder")
 
 
-def test_resume_accepts_flags_that_repeat_the_run(tmp_path, cli, expect_user_error):
+def test_resume_accepts_flags_that_repeat_the_run(tmp_path, cli, expect_user_error, cli_here):
     run = _old_run(tmp_path, "vae")
     data = f"npy:{OLD / 'blobs.npz'}"
     before = (run / "model.safetensors").read_bytes()
-    expect_user_error(cli("train", "vae", "--dataset", data, "--lr", "0.01", "--out", run, "--resume", "--epochs", 2),
+    expect_user_error(cli_here("train", "vae", "--dataset", data, "--lr", "0.01", "--out", run, "--resume", "--epochs", 2),
                       "only --epochs and --time-budget may change", "lr")
     assert (run / "model.safetensors").read_bytes() == before
     r = cli("train", "vae", "--dataset", data, "--lr", "0.001", "--arch", "mlp", "--seed", "0", "--out", run,
@@ -147,7 +147,7 @@ def test_resume_accepts_flags_that_repeat_the_run(tmp_path, cli, expect_user_err
     assert "Epoch 2," in r.stdout
 
 
-def test_lm_resume_accepts_the_options_it_was_trained_with(tmp_path, cli, expect_user_error):
+def test_lm_resume_accepts_the_options_it_was_trained_with(tmp_path, cli, expect_user_error, cli_here):
     out = tmp_path / "lm"
     tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--eval-interval", "5"]
     r = cli("train", "lm", *tiny, "--max-iters", 5, "--out", out, "--no-progress")
@@ -155,4 +155,4 @@ def test_lm_resume_accepts_the_options_it_was_trained_with(tmp_path, cli, expect
     r = cli("train", "lm", *tiny, "--max-iters", 10, "--out", out, "--resume", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stdout and "iter 10: val loss" in r.stdout
-    expect_user_error(cli("train", "lm", "--n-layer", "2", "--out", out, "--resume"), "only --max-iters", "n_layer")
+    expect_user_error(cli_here("train", "lm", "--n-layer", "2", "--out", out, "--resume"), "only --max-iters", "n_layer")

@@ -35,12 +35,27 @@ NO_RUN_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(NO_RUN_CASES))
-def test_mistakes_without_a_run(case, tmp_path, cli, expect_user_error, snapshot):
-    args, fragments = NO_RUN_CASES[case]
+# Each case runs through genlab.cli.main in this interpreter (the parser and error handler
+# of the real command, without the 2 s of a fresh interpreter's imports); the cases in
+# THROUGH_A_PROCESS also run as `python -m genlab` in a fresh interpreter.
+THROUGH_A_PROCESS = {"no-command", "unknown-command", "unknown-dataset", "sample-corrupt-weights",
+                     "resume-corrupt-state"}
+
+
+def _runner(case, cli, cli_here):
+    return cli if case.endswith("[process]") else cli_here
+
+
+def _cases(table):
+    return sorted(table) + [f"{c}[process]" for c in sorted(table) if c in THROUGH_A_PROCESS]
+
+
+@pytest.mark.parametrize("case", _cases(NO_RUN_CASES))
+def test_mistakes_without_a_run(case, tmp_path, cli, cli_here, expect_user_error, snapshot):
+    args, fragments = NO_RUN_CASES[case.removesuffix("[process]")]
     (tmp_path / "empty").mkdir()
     before = snapshot(tmp_path)
-    r = cli(*[a.replace("T/", f"{tmp_path}/") for a in args])
+    r = _runner(case, cli, cli_here)(*[a.replace("T/", f"{tmp_path}/") for a in args])
     expect_user_error(r, *fragments)
     assert snapshot(tmp_path) == before                # nothing written, nothing changed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
@@ -92,15 +107,15 @@ RUN_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(RUN_CASES))
-def test_mistakes_around_a_run(case, run_copy, tmp_path, cli, expect_user_error, snapshot):
-    prepare, args, fragments = RUN_CASES[case]
+@pytest.mark.parametrize("case", _cases(RUN_CASES))
+def test_mistakes_around_a_run(case, run_copy, tmp_path, cli, cli_here, expect_user_error, snapshot):
+    prepare, args, fragments = RUN_CASES[case.removesuffix("[process]")]
     if prepare:
         prepare(run_copy)
     outdir = tmp_path / "outputs"
     outdir.mkdir()
     before = snapshot(run_copy)
-    r = cli(*[a.replace("RUN", str(run_copy)).replace("O/", f"{outdir}/") for a in args])
+    r = _runner(case, cli, cli_here)(*[a.replace("RUN", str(run_copy)).replace("O/", f"{outdir}/") for a in args])
     expect_user_error(r, *[f.replace("RUN", str(run_copy)) for f in fragments])
     after = snapshot(run_copy)
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))

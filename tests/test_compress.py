@@ -275,7 +275,7 @@ def test_vae_run_quantizes_and_prunes_with_its_test_loss(trained_run, tmp_path):
 
 # -- bad input -------------------------------------------------------------------------------
 
-def test_bad_inputs_are_one_line_and_write_nothing(gpt_run, trained_run, tmp_path, expect_user_error, snapshot):
+def test_bad_inputs_are_one_line_and_write_nothing(gpt_run, trained_run, tmp_path, expect_user_error, snapshot, cli_here):
     before = snapshot(gpt_run.parent)
     out = tmp_path / "o"
     cases = [
@@ -297,10 +297,10 @@ def test_bad_inputs_are_one_line_and_write_nothing(gpt_run, trained_run, tmp_pat
             genlab.compress(str(gpt_run), out, **kw)
     assert not out.exists()
     # the command line: exit code 2 and the one line
-    expect_user_error(cli("compress", gpt_run, "--prune", "1.5", "--out", out), "strictly between 0 and 1")
-    expect_user_error(cli("compress", trained_run, "--distill", "--student", "layers=1", "--out", out),
+    expect_user_error(cli_here("compress", gpt_run, "--prune", "1.5", "--out", out), "strictly between 0 and 1")
+    expect_user_error(cli_here("compress", trained_run, "--distill", "--student", "layers=1", "--out", out),
                       "does not apply to a VAE run", "GPT run")
-    expect_user_error(cli("compress", "smollm2", "--prune", "0.3", "--structured", "--out", out),
+    expect_user_error(cli_here("compress", "smollm2", "--prune", "0.3", "--structured", "--out", out),
                       "--structured does not apply to a Hugging Face model")
     with pytest.raises(GenlabError, match="same directory"):
         genlab.compress(str(gpt_run), gpt_run, quantize="int8")
@@ -311,7 +311,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(gpt_run, trained_run, tmp_pat
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
     q = tmp_path / "q"
     genlab.compress(str(gpt_run), q, quantize="int8", **FAST)
-    expect_user_error(cli("compress", q, "--quantize", "int8", "--out", tmp_path / "qq"), "already quantized")
+    expect_user_error(cli_here("compress", q, "--quantize", "int8", "--out", tmp_path / "qq"), "already quantized")
     with pytest.raises(GenlabError, match="cannot be pruned"):
         genlab.compress(str(q), tmp_path / "qq", prune=0.5)
     assert not (tmp_path / "qq").exists()

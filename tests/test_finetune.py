@@ -249,20 +249,20 @@ def test_jsonl_errors_name_the_line_and_skip_works(tmp_path):
         ftdata.read_jsonl(missing)
 
 
-def test_cli_bad_inputs_are_one_line_and_write_nothing(base_run, exported, lora_run, tmp_path):
+def test_cli_bad_inputs_are_one_line_and_write_nothing(base_run, exported, lora_run, tmp_path, cli_here):
     out = tmp_path / "out"
     bad = _number_jsonl(tmp_path / "bad.jsonl", n=12, bad_lines={4: "[1, 2"})
-    _expect_user_error(cli("finetune", base_run, "--data", bad, "--out", out), "bad.jsonl:4", "--on-error skip")
+    _expect_user_error(cli_here("finetune", base_run, "--data", bad, "--out", out), "bad.jsonl:4", "--on-error skip")
     assert not out.exists()
     # a directory that is not a model
     empty = tmp_path / "empty"
     empty.mkdir()
-    _expect_user_error(cli("generate", empty, "--prompt", "x"), "not a model")
+    _expect_user_error(cli_here("generate", empty, "--prompt", "x"), "not a model")
     # weights only as a pickle: refused, never unpickled
     pick = tmp_path / "pickled"
     shutil.copytree(exported, pick)
     (pick / "model.safetensors").rename(pick / "pytorch_model.bin")
-    _expect_user_error(cli("generate", pick, "--prompt", "x"), "pickled", "safetensors")
+    _expect_user_error(cli_here("generate", pick, "--prompt", "x"), "pickled", "safetensors")
     # a tokenizer from another model
     mixed = tmp_path / "mixed"
     shutil.copytree(exported, mixed)
@@ -271,17 +271,17 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(base_run, exported, lora_
     from genlab.llm.export import hf_tokenizer
     big = BPETokenizer.train([load_corpus("kjv").text("train")[:200_000]], vocab_size=300)
     hf_tokenizer(big).save_pretrained(mixed)
-    _expect_user_error(cli("generate", mixed, "--prompt", "x"), "tokenizer", "another model")
+    _expect_user_error(cli_here("generate", mixed, "--prompt", "x"), "tokenizer", "another model")
     # a model too large for the memory left: said before loading
-    _expect_user_error(cli("generate", exported, "--prompt", "x", env={"GENLAB_MEMORY_LIMIT": "1000"}),
+    _expect_user_error(cli_here("generate", exported, "--prompt", "x", env={"GENLAB_MEMORY_LIMIT": "1000"}),
                        "memory")
     huge = tmp_path / "huge"
     shutil.copytree(exported, huge)
     header = json.dumps({"w": {"dtype": "F32", "shape": [200_000, 200_000], "data_offsets": [0, 0]}}).encode()
     (huge / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
-    _expect_user_error(cli("generate", huge, "--prompt", "x"), "GiB of memory")
+    _expect_user_error(cli_here("generate", huge, "--prompt", "x"), "GiB of memory")
     # a Hub id without a network
-    _expect_user_error(cli("generate", "someone/some-model", "--prompt", "x", env={"HF_HUB_OFFLINE": "1"}),
+    _expect_user_error(cli_here("generate", "someone/some-model", "--prompt", "x", env={"HF_HUB_OFFLINE": "1"}),
                        "no network")
     # an adapter for a different base model
     other = tmp_path / "other-base"
@@ -292,12 +292,12 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(base_run, exported, lora_
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = str(other)
     (adapter / "adapter_config.json").write_text(json.dumps(cfg))
-    _expect_user_error(cli("generate", adapter, "--prompt", "x"), "different base model")
+    _expect_user_error(cli_here("generate", adapter, "--prompt", "x"), "different base model")
     # an existing run is never clobbered
     before = _snapshot(lora_run)
-    _expect_user_error(cli("finetune", base_run, "--data", "shakespeare", "--out", lora_run), "already exists")
+    _expect_user_error(cli_here("finetune", base_run, "--data", "shakespeare", "--out", lora_run), "already exists")
     # a corpus with characters the char-level model cannot read
-    _expect_user_error(cli("finetune", base_run, "--data", "kjv", "--out", out, "--max-iters", "1"),
+    _expect_user_error(cli_here("finetune", base_run, "--data", "kjv", "--out", out, "--max-iters", "1"),
                        "cannot encode")
     assert not (out / "model.safetensors").exists()
     assert _snapshot(lora_run) == before

@@ -316,16 +316,16 @@ def test_rgb_32x32_data(tmp_path, mnist, cli):
 
 # -- bad input: one line, exit 2, nothing written lost ---------------------------------------
 
-def test_run_of_another_family(gan_run, trained_run, cli, expect_user_error, snapshot, tmp_path):
+def test_run_of_another_family(gan_run, trained_run, cli, expect_user_error, snapshot, tmp_path, cli_here):
     before_gan, before_vae = snapshot(gan_run.path), snapshot(trained_run)
-    expect_user_error(cli("reconstruct", gan_run.path, "--out", tmp_path / "r.png"), "'gan' run", "VAE")
-    expect_user_error(cli("train", "gan", "--resume", "--out", trained_run), "'vae' run", "train vae")
-    expect_user_error(cli("train", "vae", "--resume", "--out", gan_run.path), "'gan' run", "train gan")
+    expect_user_error(cli_here("reconstruct", gan_run.path, "--out", tmp_path / "r.png"), "'gan' run", "VAE")
+    expect_user_error(cli_here("train", "gan", "--resume", "--out", trained_run), "'vae' run", "train vae")
+    expect_user_error(cli_here("train", "vae", "--resume", "--out", gan_run.path), "'gan' run", "train gan")
     assert snapshot(gan_run.path) == before_gan and snapshot(trained_run) == before_vae
     assert not (tmp_path / "r.png").exists()
 
 
-def test_dataset_of_the_wrong_size(gan_run, cli, expect_user_error, snapshot, tmp_path, mnist):
+def test_dataset_of_the_wrong_size(gan_run, cli, expect_user_error, snapshot, tmp_path, mnist, cli_here):
     big = tmp_path / "big.npy"
     np.save(big, np.zeros((20, 32, 32), np.uint8))
     run = tmp_path / "run"
@@ -334,12 +334,12 @@ def test_dataset_of_the_wrong_size(gan_run, cli, expect_user_error, snapshot, tm
     cfg["data"].update(dataset=f"npy:{big}", image_size=None, channels=None)
     (run / "config.json").write_text(json.dumps(cfg))
     before = snapshot(run)
-    expect_user_error(cli("eval", run, "--n-samples", 100), "1x32x32", "1x28x28")
-    expect_user_error(cli("train", "gan", "--resume", "--out", run, "--epochs", 2), "1x32x32", "built for 1x28x28")
+    expect_user_error(cli_here("eval", run, "--n-samples", 100), "1x32x32", "1x28x28")
+    expect_user_error(cli_here("train", "gan", "--resume", "--out", run, "--epochs", 2), "1x32x32", "built for 1x28x28")
     assert snapshot(run) == before
     small = tmp_path / "small.npy"
     np.save(small, np.zeros((20, 20, 20), np.uint8))
-    expect_user_error(cli("train", "gan", "--dataset", f"npy:{small}", "--out", tmp_path / "new"),
+    expect_user_error(cli_here("train", "gan", "--dataset", f"npy:{small}", "--out", tmp_path / "new"),
                       "28x28 or 32x32", "--image-size")
     assert not (tmp_path / "new").exists()
 
@@ -356,25 +356,25 @@ BAD_TRAIN = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_TRAIN))
-def test_bad_train_options(case, cli, expect_user_error, tmp_path):
+def test_bad_train_options(case, cli, expect_user_error, tmp_path, cli_here):
     args, frags = BAD_TRAIN[case]
-    expect_user_error(cli("train", "gan", "--out", tmp_path / "run", *args), *frags)
+    expect_user_error(cli_here("train", "gan", "--out", tmp_path / "run", *args), *frags)
     assert not (tmp_path / "run").exists()
 
 
-def test_bad_sampling_options(gan_run, lecture_gan_run, cli, expect_user_error, tmp_path):
-    expect_user_error(cli("sample", gan_run.path, "--n", 0, "--out", tmp_path / "s.png"), "--n", ">= 1")
-    expect_user_error(cli("sample", gan_run.path, "--class", 10, "--out", tmp_path / "s.png"), "--class", "0..9")
-    expect_user_error(cli("sample", gan_run.path, "--class", "cat", "--out", tmp_path / "s.png"), "unknown class 'cat'")
-    expect_user_error(cli("sample", lecture_gan_run.path, "--class", 1, "--out", tmp_path / "s.png"),
+def test_bad_sampling_options(gan_run, lecture_gan_run, cli, expect_user_error, tmp_path, cli_here):
+    expect_user_error(cli_here("sample", gan_run.path, "--n", 0, "--out", tmp_path / "s.png"), "--n", ">= 1")
+    expect_user_error(cli_here("sample", gan_run.path, "--class", 10, "--out", tmp_path / "s.png"), "--class", "0..9")
+    expect_user_error(cli_here("sample", gan_run.path, "--class", "cat", "--out", tmp_path / "s.png"), "unknown class 'cat'")
+    expect_user_error(cli_here("sample", lecture_gan_run.path, "--class", 1, "--out", tmp_path / "s.png"),
                       "unconditional")
-    expect_user_error(cli("eval", gan_run.path, "--inception", tmp_path / "nope.pth"), "not found")
+    expect_user_error(cli_here("eval", gan_run.path, "--inception", tmp_path / "nope.pth"), "not found")
     assert not list(tmp_path.iterdir())
 
 
-def test_conditional_needs_labels(tmp_path, mnist, cli, expect_user_error):
+def test_conditional_needs_labels(tmp_path, mnist, cli, expect_user_error, cli_here):
     np.save(tmp_path / "x.npy", mnist.train_x[:50, 0].numpy())
-    expect_user_error(cli("train", "gan", "--dataset", f"npy:{tmp_path / 'x.npy'}", "--conditional",
+    expect_user_error(cli_here("train", "gan", "--dataset", f"npy:{tmp_path / 'x.npy'}", "--conditional",
                           "--out", tmp_path / "run"), "--conditional", "labelled")
     assert not (tmp_path / "run").exists()
 

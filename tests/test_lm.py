@@ -367,30 +367,30 @@ def test_cli_train_generate_eval_chat(cli, tmp_path, lm_run):
     assert "Be brief." in r.stdout and "Good morrow." in r.stdout
 
 
-def test_cli_bad_inputs(cli, expect_user_error, snapshot, lm_run, trained_run, tmp_path):
+def test_cli_bad_inputs(cli, expect_user_error, snapshot, lm_run, trained_run, tmp_path, cli_here):
     before = snapshot(lm_run)
-    expect_user_error(cli("generate", lm_run, "--prompt", "Café"), "outside", "vocabulary", "'é'")
-    expect_user_error(cli("generate", lm_run, "--prompt", ""), "prompt is empty")
-    expect_user_error(cli("generate", lm_run, "--prompt", "x", "--max-new-tokens", "0"), "--max-new-tokens")
-    expect_user_error(cli("generate", lm_run, "--prompt", "x", "--top-p", "1.5"), "--top-p")
-    expect_user_error(cli("generate", trained_run, "--prompt", "x"), "'vae' run", "language-model")
-    expect_user_error(cli("sample", lm_run, "--out", tmp_path / "x.png"), "language-model run", "generate")
-    expect_user_error(cli("train", "lm", "--out", lm_run), "already exists")
-    expect_user_error(cli("train", "lm", "--out", lm_run, "--resume", "--n-layer", "3"), "only --max-iters")
-    expect_user_error(cli("train", "vae", "--out", lm_run, "--resume"), "'lm' run")
-    expect_user_error(cli("train", "lm", "--out", trained_run, "--resume"), "'vae' run")
-    expect_user_error(cli("train", "lm", "--corpus", "nope", "--out", tmp_path / "o"), "unknown corpus")
-    expect_user_error(cli("train", "lm", "--corpus", "text:" + str(tmp_path / "missing.txt"),
+    expect_user_error(cli_here("generate", lm_run, "--prompt", "Café"), "outside", "vocabulary", "'é'")
+    expect_user_error(cli_here("generate", lm_run, "--prompt", ""), "prompt is empty")
+    expect_user_error(cli_here("generate", lm_run, "--prompt", "x", "--max-new-tokens", "0"), "--max-new-tokens")
+    expect_user_error(cli_here("generate", lm_run, "--prompt", "x", "--top-p", "1.5"), "--top-p")
+    expect_user_error(cli_here("generate", trained_run, "--prompt", "x"), "'vae' run", "language-model")
+    expect_user_error(cli_here("sample", lm_run, "--out", tmp_path / "x.png"), "language-model run", "generate")
+    expect_user_error(cli_here("train", "lm", "--out", lm_run), "already exists")
+    expect_user_error(cli_here("train", "lm", "--out", lm_run, "--resume", "--n-layer", "3"), "only --max-iters")
+    expect_user_error(cli_here("train", "vae", "--out", lm_run, "--resume"), "'lm' run")
+    expect_user_error(cli_here("train", "lm", "--out", trained_run, "--resume"), "'vae' run")
+    expect_user_error(cli_here("train", "lm", "--corpus", "nope", "--out", tmp_path / "o"), "unknown corpus")
+    expect_user_error(cli_here("train", "lm", "--corpus", "text:" + str(tmp_path / "missing.txt"),
                           "--out", tmp_path / "o"), "no such file")
-    expect_user_error(cli("train", "lm", "--n-embd", "100", "--n-head", "3", "--out", tmp_path / "o"),
+    expect_user_error(cli_here("train", "lm", "--n-embd", "100", "--n-head", "3", "--out", tmp_path / "o"),
                       "multiple of --n-head")
-    expect_user_error(cli("train", "lm", "--vocab-size", "1000", "--out", tmp_path / "o"), "--tokenizer bpe")
-    expect_user_error(cli("eval", lm_run, "--text", tmp_path / "missing.txt"), "no such file")
-    expect_user_error(cli("generate", lm_run, "--system", "Soyez bref, s'il vous plaît", "--prompt", "x"),
+    expect_user_error(cli_here("train", "lm", "--vocab-size", "1000", "--out", tmp_path / "o"), "--tokenizer bpe")
+    expect_user_error(cli_here("eval", lm_run, "--text", tmp_path / "missing.txt"), "no such file")
+    expect_user_error(cli_here("generate", lm_run, "--system", "Soyez bref, s'il vous plaît", "--prompt", "x"),
                       "outside", "'î'")
     small = tmp_path / "small.txt"
     small.write_text("".join(f"a short line number {i}\n" for i in range(20)))
-    expect_user_error(cli("train", "lm", "--corpus", f"text:{small}", "--out", tmp_path / "o"),
+    expect_user_error(cli_here("train", "lm", "--corpus", f"text:{small}", "--out", tmp_path / "o"),
                       "held-out split has", "fewer than the context window")
-    expect_user_error(cli("eval", trained_run, "--text", tmp_path / "x.txt"), "language-model runs")
+    expect_user_error(cli_here("eval", trained_run, "--text", tmp_path / "x.txt"), "language-model runs")
     assert snapshot(lm_run) == before

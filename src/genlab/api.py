@@ -23,7 +23,7 @@ from .data import fetch as _fetch, list_datasets, load_images
 from .data.text import CORPORA, corpus_path, list_corpora, load_corpus
 from .families.base import Family
 from .families.finetune import merge as _merge
-from .families.images import IMAGE_OPTIONS, IW_SAMPLES, N_SAMPLES, PAIRS, STEPS, ImageRun, N, save_images
+from .families.images import IMAGE_OPTIONS, IW_SAMPLES, N_SAMPLES, PAIRS, STEPS, TRUNC, ImageRun, N, save_images
 from .families.lm import LMRun
 from .llm.generate import GENERATION_OPTIONS
 from .llm.hf import classify, list_models
@@ -37,7 +37,7 @@ Run = ImageRun  # the name earlier genlab gave the image run class
 EXPORT_FORMATS = ("hf",)  # a Hugging Face directory
 
 __all__ = ["CORPORA", "DEVICE", "GENERATION_OPTIONS", "IMAGE_OPTIONS", "IW_SAMPLES", "N", "N_SAMPLES", "PAIRS",
-           "STEPS", "GenlabError", "LMRun", "Run", "compress", "corpora", "data_info", "dataset_classifier",
+           "STEPS", "TRUNC", "GenlabError", "LMRun", "Run", "compress", "corpora", "data_info", "dataset_classifier",
            "datasets", "export", "families", "fetch", "finetune", "image_metrics", "load", "load_corpus",
            "load_images", "load_inception", "load_model", "merge", "models", "open_any", "save_images",
            "train", "train_features"]
@@ -76,14 +76,18 @@ def load_for(path, verb: str, device: str | None = "cpu"):
     """load(path) for `genlab VERB`, refused with the reason when the run's family cannot
     do it (sample, reconstruct, interpolate: image runs)."""
     fam = _families.family_of(path)
-    if not hasattr(fam.run_class, f"save_{VERBS[verb]}"):
+    method, works_on = VERBS[verb]
+    if not hasattr(fam.run_class, f"save_{method}"):
         text = hasattr(fam.run_class, "stream")
-        raise GenlabError(f"{path}: {fam.a_run}; genlab {verb} works on image models"
+        raise GenlabError(f"{path}: {fam.a_run}; genlab {verb} works on {works_on}"
                           + (" (use genlab generate, chat or eval)" if text else ""))
     return load(path, device=device)
 
 
-VERBS = {"sample": "samples", "reconstruct": "reconstructions", "interpolate": "interpolation"}
+STYLE_BASED = "style-based generators (genlab train stylegan)"
+VERBS = {"sample": ("samples", "image models"), "reconstruct": ("reconstructions", "image models"),
+         "interpolate": ("interpolation", "image models"), "style-mix": ("style_mix", STYLE_BASED),
+         "noise": ("noise", STYLE_BASED), "truncation": ("truncation", STYLE_BASED)}
 
 
 def load_model(spec: str, log=print, device: str | None = "cpu"):
@@ -162,11 +166,19 @@ def datasets() -> list[dict]:
     return list_datasets()
 
 
-def data_info(name: str, image_size: int | None = None, channels: int | None = None) -> str:
-    """One line describing a dataset or a corpus (sizes, shape, classes)."""
+def data_info(name: str, image_size: int | None = None, channels: int | None = None, grid=None) -> str:
+    """A description of a dataset or a corpus (sizes, shape, classes and how many images
+    each has); with `grid`, a PNG of examples, one class per row."""
     if name in CORPORA or name.startswith("text:"):
+        check(grid is None, "--grid is for image datasets")
         return load_corpus(name).describe()
-    return load_images(name, image_size=image_size, channels=channels).describe()
+    data = load_images(name, image_size=image_size, channels=channels)
+    lines = [data.describe()] + [f"  {c:<20} {tr:>6,} train {te:>6,} test" for c, tr, te in data.class_counts()]
+    if data.train_captions:
+        lines.append(f"  captions, e.g.: {'; '.join(data.train_captions[0])}")
+    if grid is not None:
+        lines.append(f"examples: {save_images(data.examples(8), grid, per_row=8)}")
+    return "\n".join(lines)
 
 
 def dataset_classifier(dataset: str, image_size: int | None = None, channels: int | None = None):

@@ -7,6 +7,7 @@ User mistakes print one line on stderr and exit with code 2 (no traceback).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..util.errors import GenlabError
@@ -51,4 +52,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("genlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader (head, less) has gone: stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return 0
 

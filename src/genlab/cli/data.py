@@ -19,13 +19,14 @@ def register(commands) -> None:
     actions = sub(d, "data_cmd", "ACTION")
     command(actions, "list", "list built-in datasets and whether they are cached").set_defaults(func=_list)
     f = command(actions, "fetch", "fetch and verify a built-in dataset into the cache")
-    f.add_argument("name", help="mnist, fashion-mnist, or a corpus: shakespeare, austen, kjv")
+    f.add_argument("name", help="mnist, fashion-mnist, emoji, or a corpus: shakespeare, austen, kjv")
     f.set_defaults(func=lambda a: print(api.fetch(a.name)))
     i = command(actions, "info", "load a dataset and describe it (shape, sizes, classes)")
-    i.add_argument("name", help="mnist, fashion-mnist, folder:PATH, npy:PATH; or a corpus: "
+    i.add_argument("name", help="mnist, fashion-mnist, emoji, folder:PATH, npy:PATH; or a corpus: "
                    "shakespeare, austen, kjv, text:PATH")
     add(i, IMAGE_OPTIONS)
-    i.set_defaults(func=lambda a: print(api.data_info(a.name, image_size=a.image_size, channels=a.channels)))
+    i.add_argument("--grid", default=None, metavar="FILE.png", help="also write examples, one class per row")
+    i.set_defaults(func=lambda a: print(api.data_info(a.name, image_size=a.image_size, channels=a.channels, grid=a.grid)))
     c = command(actions, "classifier", "train (once) and report the dataset classifier used by genlab's image metrics")
     c.add_argument("name", help="a labelled dataset")
     add(c, IMAGE_OPTIONS)

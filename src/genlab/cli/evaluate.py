@@ -31,6 +31,9 @@ def register(commands) -> None:
     add(e, [api.IW_SAMPLES], {"iw_samples": api.IW_SAMPLES.default})
     add_one(e, api.N.but(name="n_test", flag="--n-test", default=None, help="VAE: use only the first N test images"))
     e.add_argument("--no-classifier", action="store_true", help="skip the classifier-feature metrics")
+    e.add_argument("--metrics", default=None, metavar="LIST",
+                   help="image runs: which metrics, e.g. fid,kid,pr (every image family) or, for a style-based\n"
+                        "generator, also ppl_zfull,ppl_wfull,ppl_zend,ppl_wend,ls (default: the usual set)")
     e.add_argument("--inception", default=None, metavar="PATH",
                    help="weights of the FID Inception network (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
     e.add_argument("--text", default=None, metavar="PATH",
@@ -52,7 +55,7 @@ def _eval(a) -> None:
         if a.text is not None:
             raise GenlabError("--text is for language-model runs")
         res = m.evaluate(iw_samples=a.iw_samples, n_test=a.n_test, n_samples=a.n_samples, seed=a.seed,
-                         classifier=not a.no_classifier, inception=a.inception)
+                         classifier=not a.no_classifier, inception=a.inception, metrics=a.metrics)
     else:
         raise GenlabError(f"{a.run}: genlab eval takes image runs and language models")
     print(json.dumps(res, indent=2))

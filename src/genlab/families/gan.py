@@ -52,8 +52,32 @@ class GANRun(ImageRun):
         return self.model.sampler
 
 
+def adversarial_options(conditional_help: str) -> tuple:
+    """The options every adversarial family ends with (before the image options)."""
+    return (Opt("conditional", bool, negate="--unconditional", help=conditional_help, negate_help="ignore the labels"),
+            Opt("betas", tuple, cli=False),
+            SCHEDULE.but(help="learning-rate schedule (default constant)"))
+
+
+class AdversarialFamily(ImageFamily):
+    """What the GAN families share: a D loss and a G loss per epoch, plotted together."""
+    loss_keys = ("train_loss", "g_loss")
+    loss_labels = {"train_loss": "D loss", "g_loss": "G loss"}
+    ylabel = "loss"
+
+    @staticmethod
+    def epoch_classifier(data):
+        """The dataset classifier for the per-epoch FID and class shares (labelled data only)."""
+        return get_classifier(data) if data.train_y is not None and data.num_classes > 1 else None
+
+    def stored(self, config, key):
+        if key == "conditional":
+            return config["model"].get("num_classes", 0) > 0
+        return super().stored(config, key)
+
+
 @register
-class GANFamily(ImageFamily):
+class GANFamily(AdversarialFamily):
     name, title, plural, order = "gan", "GAN", "GANs", 20
     help = "train a generative adversarial network"
     description = (
@@ -91,15 +115,8 @@ class GANFamily(ImageFamily):
         Opt("width", int, check=at_least(2), label="--width", help="conv channels (sngan 32, dcgan 64)"),
         Opt("ema_decay", float, check=in_range(0, 1), label="--ema-decay",
             help="EMA of G's weights, 0 = off (sngan 0.999, others 0)"),
-        Opt("conditional", bool, negate="--unconditional",
-            help="class-conditional (sngan; default when the dataset has labels)", negate_help="ignore the labels"),
-        Opt("betas", tuple, cli=False),
-        SCHEDULE.but(help="learning-rate schedule (default constant)"),
-    ) + IMAGE_OPTIONS
+    ) + adversarial_options("class-conditional (sngan; default when the dataset has labels)") + IMAGE_OPTIONS
     run_class = GANRun
-    loss_keys = ("train_loss", "g_loss")
-    loss_labels = {"train_loss": "D loss", "g_loss": "G loss"}
-    ylabel = "loss"
     to_float = staticmethod(to_signed)
 
     def fresh(self, out, o, log):
@@ -140,12 +157,7 @@ class GANFamily(ImageFamily):
 
     def task(self, model, data, config):
         t = config["train"]
-        clf = get_classifier(data) if data.train_y is not None and data.num_classes > 1 else None
+        clf = self.epoch_classifier(data)
         return GANTask(model, data, loss=t["loss"], lr_g=t["lr"], lr_d=t["lr_d"] or t["lr"],
                        betas=t["betas"], ema_decay=t["ema_decay"], schedule=t["schedule"],
                        classifier=clf, seed=t["seed"])
-
-    def stored(self, config, key):
-        if key == "conditional":
-            return config["model"].get("num_classes", 0) > 0
-        return super().stored(config, key)

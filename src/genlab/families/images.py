@@ -88,14 +88,15 @@ def check_output(out, n: int, model: dict) -> None:
     check(out.suffix.lower() in (".png", ".npy"), f"{out}: output must end in .png (a grid) or .npy (an array)")
     check_writable(out)
     # the samples, then the grid or the array written from them
-    check_memory(3 * 4 * n * int(model["channels"]) * int(model["image_size"]) ** 2,
+    check_memory(3 * 4 * n * int(model["channels"]) * int(model.get("out_size") or model["image_size"]) ** 2,
                  f"--n {n} ({out.suffix.lower()[1:]})", hint="ask for fewer images")
 
 
 def check_fits(path, config: dict, data: ImageData) -> None:
     """The dataset's images must be the size and depth the model was built for."""
     m = config["model"]
-    want = (m["channels"], m["image_size"], m["image_size"])
+    size = m.get("out_size") or m["image_size"]   # (a generator may work at a larger size and crop)
+    want = (m["channels"], size, size)
     check(tuple(data.shape) == want,
           f"{data.name}: images are {'x'.join(map(str, data.shape))} (CxHxW), but the model in "
           f"{path} was built for {'x'.join(map(str, want))}")
@@ -274,6 +275,15 @@ class ImageRun:
               f"--trunc-cutoff must be a whole number >= 1, not {trunc_cutoff}")
         return {"trunc": trunc, "trunc_cutoff": trunc_cutoff}
 
+    def seed_latents(self, seeds, label=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(z, labels) for seeds: each seed's latent, then its class, from a generator seeded with it alone."""
+        zs, ys = [], []
+        for s in parse_seeds(seeds):
+            g = torch.Generator().manual_seed(s)
+            zs.append(torch.randn(1, self.latent_dim, generator=g))
+            ys.append(self._labels(1, label, g))
+        return torch.cat(zs), None if ys[0] is None else torch.cat(ys)
+
     @torch.no_grad()
     def sample(self, n: int | None = None, seed: int | None = None, label=None, seeds=None, trunc: float | None = None,
                trunc_cutoff: int | None = None) -> torch.Tensor:
@@ -284,14 +294,7 @@ class ImageRun:
         `trunc` (style-based generators): psi, pulling w towards its mean."""
         style = self._style(trunc, trunc_cutoff)
         if seeds is not None:
-            seeds = parse_seeds(seeds)
-            zs, ys = [], []
-            for s in seeds:
-                g = torch.Generator().manual_seed(s)
-                zs.append(torch.randn(1, self.latent_dim, generator=g))
-                ys.append(self._labels(1, label, g))
-            y = None if ys[0] is None else torch.cat(ys)
-            z = torch.cat(zs)
+            z, y = self.seed_latents(seeds, label)
             return torch.cat([self._decode_cpu(z[i:i + 1000], None if y is None else y[i:i + 1000], **style)
                               for i in range(0, len(z), 1000)])
         N.validate(n)
@@ -310,6 +313,8 @@ class ImageRun:
         """Write samples to FILE.png (a grid), FILE.npy (an array) or DIR/ (one PNG per image:
         seedNNNN.png with --seeds, else NNNN.png)."""
         parsed = parse_seeds(seeds) if seeds is not None else None
+        check(parsed is None or n is None, "give --n or --seeds, not both")
+        n = 64 if parsed is None and n is None else n
         count = len(parsed) if parsed is not None else n
         N.validate(count)
         self._style(trunc, trunc_cutoff)
@@ -388,7 +393,7 @@ class ImageRun:
             res.update(inception_fid(inc, data, samples, seed=seed))
         extra = [m for m in names or () if m not in ("fid", "kid", "pr")]
         if extra:
-            res.update(self.extra_metrics(extra, data, seed=seed, n=min(n_samples, 2000)))
+            res.update(self.extra_metrics(extra, data, seed=seed, n=n_samples))
         self.dir.append_metrics(res)
         return res
 

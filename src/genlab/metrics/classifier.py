@@ -106,6 +106,12 @@ class DatasetClassifier:
                 "class_share": (counts.float() / max(1, len(images))).tolist()}
 
 
+def default_epochs(data: ImageData) -> int:
+    """Epochs of classifier training: about 180,000 images seen (3 epochs of MNIST), at
+    most 60 epochs for a small dataset."""
+    return max(3, min(60, round(180_000 / max(1, len(data.train_x)))))
+
+
 def recipe_key(cfg: ClassifierConfig, epochs: int = 3, seed: int = 0) -> dict:
     """Everything that shapes a trained classifier: the net, the recipe, its length and
     seed, and what the arithmetic depends on (the torch build and its thread count: CPU
@@ -126,8 +132,9 @@ def _cache_dir(data: ImageData) -> RunDir:
     return RunDir(data_root() / "classifiers" / _cache_key(data))
 
 
-def cached_classifier(data: ImageData, epochs: int = 3, seed: int = 0) -> DatasetClassifier | None:
+def cached_classifier(data: ImageData, epochs: int | None = None, seed: int = 0) -> DatasetClassifier | None:
     """The cached classifier for `data` if one trained with exactly this recipe is there."""
+    epochs = epochs or default_epochs(data)
     cfg = _config_for(data)
     run = _cache_dir(data)
     if not run.is_run():
@@ -140,9 +147,10 @@ def cached_classifier(data: ImageData, epochs: int = 3, seed: int = 0) -> Datase
     return DatasetClassifier(net, data.name, meta.get("test_accuracy", float("nan")))
 
 
-def train_classifier(data: ImageData, epochs: int = 3, seed: int = 0, log=None) -> DatasetClassifier:
+def train_classifier(data: ImageData, epochs: int | None = None, seed: int = 0, log=None) -> DatasetClassifier:
     """Train the classifier for `data` from scratch (nothing is read from or written to
     the cache); the same seed on the same machine gives the same weights, bit for bit."""
+    epochs = epochs or default_epochs(data)
     cfg = _config_for(data)
     t0 = time.time()
     net, acc = _build_and_train(cfg, data, epochs, seed)
@@ -151,8 +159,9 @@ def train_classifier(data: ImageData, epochs: int = 3, seed: int = 0, log=None) 
     return DatasetClassifier(net, data.name, acc)
 
 
-def save_classifier(data: ImageData, clf: DatasetClassifier, epochs: int = 3, seed: int = 0) -> None:
+def save_classifier(data: ImageData, clf: DatasetClassifier, epochs: int | None = None, seed: int = 0) -> None:
     """Cache `clf` (trained by train_classifier with these epochs and seed) for `data`."""
+    epochs = epochs or default_epochs(data)
     run = _cache_dir(data)
     run.path.mkdir(parents=True, exist_ok=True)
     run.save_weights(clf.net)
@@ -160,10 +169,11 @@ def save_classifier(data: ImageData, clf: DatasetClassifier, epochs: int = 3, se
                       **recipe_key(clf.net.cfg, epochs, seed)})
 
 
-def get_classifier(data: ImageData, train: bool = True, epochs: int = 3, seed: int = 0,
+def get_classifier(data: ImageData, train: bool = True, epochs: int | None = None, seed: int = 0,
                    log=None) -> DatasetClassifier:
     """The cached classifier for `data`, trained (a minute or two on 2 cores) if missing
     or if the cached one was trained another way (see recipe_key)."""
+    epochs = epochs or default_epochs(data)
     cfg = _config_for(data)
     clf = cached_classifier(data, epochs, seed)
     if clf is not None:

@@ -125,14 +125,20 @@ class GANTask(Task):
         self.opt_g.step()
         D.requires_grad_(True)
 
+        with torch.no_grad():
+            p_real, p_fake = (out_real, out_fake) if self.loss == "bce" else \
+                (torch.sigmoid(out_real), torch.sigmoid(out_fake))
+        return self._end_step(d_loss, g_loss, p_real, p_fake, b)
+
+    def _end_step(self, d_loss, g_loss, p_real, p_fake, b):
+        """After both updates: count the step, move the EMA generator, add to the epoch's
+        averages (G loss, D(x), D(G(z))); the summed D loss for the loop, NaN if G diverged."""
         self.steps += 1
         if self.model.G_ema is not None:
             # EMA warm-up: average over the steps so far until there are enough of them.
             self.model.update_ema(min(self.ema_decay, (1 + self.steps) / (10 + self.steps)))
         g = float(g_loss.detach())
         with torch.no_grad():
-            p_real, p_fake = (out_real, out_fake) if self.loss == "bce" else \
-                (torch.sigmoid(out_real), torch.sigmoid(out_fake))
             self._acc += torch.tensor([g * b, float(p_real.sum()), float(p_fake.sum()), b],
                                       dtype=torch.float64)
         if not math.isfinite(g):

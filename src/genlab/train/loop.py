@@ -231,7 +231,7 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
                     steps_taken += 1
                     _stepped(clock, t0, bar, lambda: f"epoch {epoch} loss {running / min(n, step * bs):.2f}")
                 if stopped is not None and step < steps_per_epoch:
-                    if stopped == "time budget" and steps_taken > 0:
+                    if stopped == "time budget" and steps_taken > 0 and step > 0:
                         # Finish cleanly: evaluate the model as it stands, then save.
                         _end_epoch(task, run, epoch, running / min(n, step * bs),
                                    step / steps_per_epoch, clock.step_time, say, engine)

@@ -26,9 +26,9 @@ def make_optimizer(params, *, lr: float, betas=(0.9, 0.999), weight_decay: float
         groups, kind, kw = params, torch.optim.Adam, {"weight_decay": weight_decay}
     groups = list(groups)
     try:
-        return kind(groups, lr=lr, betas=tuple(betas), fused=True, **kw)
+        return kind(groups, lr=lr, betas=tuple(float(b) for b in betas), fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):
-        return kind(groups, lr=lr, betas=tuple(betas), **kw)
+        return kind(groups, lr=lr, betas=tuple(float(b) for b in betas), **kw)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
