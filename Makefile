@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.genlab-installed
 
-.PHONY: demo test test-slow bench bench-gan bench-lm bench-finetune bench-compress venv clean
+.PHONY: demo test test-slow bench bench-gan bench-lm bench-finetune bench-compress bench-stylegan venv clean
 
 venv: $(STAMP)
 
@@ -82,6 +82,9 @@ bench-finetune: $(STAMP)
 
 bench-compress: $(STAMP)
 	$(PY) benchmarks/compress.py
+
+bench-stylegan: $(STAMP)
+	$(PY) benchmarks/stylegan.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,6 +1,6 @@
 """Style-based generator benchmark, measured in one run on this machine.
 
-    python benchmarks/stylegan.py                    # every part (about 80 minutes on 2 cores)
+    python benchmarks/stylegan.py                    # every part (about 66 minutes on 2 cores)
     python benchmarks/stylegan.py --only mnist --budget 120 --n-samples 2000   # quicker
 
 Parts (results are kept in bench-out/stylegan/results.json, so a part can be rerun alone):
