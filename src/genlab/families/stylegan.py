@@ -113,12 +113,12 @@ class StyleGANRun(GANRun):
         TRUNC.validate(trunc)
         rows, cols = parse_seeds(rows), parse_seeds(cols)
         w_rows, w_cols = self._ws(rows, label, trunc), self._ws(cols, label, trunc)
-        blank = torch.ones((1,) + tuple(self._synth(w_rows[:1]).shape[1:]))
-        grid = [blank, self._synth(w_cols)]
+        row_images = self._synth(w_rows)
+        grid = [torch.ones_like(row_images[:1]), self._synth(w_cols)]
         for r in range(len(rows)):
             mixed = w_rows[r:r + 1].repeat(len(cols), 1, 1)
             mixed[:, idx] = w_cols[:, idx]
-            grid += [self._synth(w_rows[r:r + 1]), self._synth(mixed)]
+            grid += [row_images[r:r + 1], self._synth(mixed)]
         return torch.cat(grid)
 
     @torch.no_grad()
@@ -126,8 +126,7 @@ class StyleGANRun(GANRun):
         """The paper's Figure 4 as one row: the image with the fixed noise, `draws` images
         with fresh noise (same w), and the per-pixel standard deviation over 100 draws."""
         ws = self._ws([seed], label)
-        g = torch.random.fork_rng()
-        with g:
+        with torch.random.fork_rng():
             torch.manual_seed(seed)
             many = self._synth(ws.repeat(100, 1, 1), noise_mode="random")
         std = many.std(0, keepdim=True)
@@ -152,7 +151,7 @@ class StyleGANRun(GANRun):
             wa = m(a.to(self.device), None if yr is None else yr.to(self.device))
             wb = m(b.to(self.device), None if yr is None else yr.to(self.device))
         t = torch.linspace(0, 1, steps, device=self.device).view(1, steps, 1, 1)
-        ws = wa.unsqueeze(1) * (1 - t) + wb.unsqueeze(1) * t
+        ws = torch.lerp(wa.unsqueeze(1), wb.unsqueeze(1), t)
         return self._synth(ws.reshape(pairs * steps, *wa.shape[1:]))
 
     # -- the figures, written ---------------------------------------------------------------------
