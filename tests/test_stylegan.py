@@ -68,7 +68,8 @@ def test_resume_is_bit_exact(tmp_path, few_digits, cli, assert_same_weights):
 def test_truncation_to_zero_is_the_mean_image_for_every_seed(sg_run):
     run = genlab.load(sg_run)
     x = run.sample(seeds="0-5", trunc=0.0)
-    assert all(torch.equal(x[0], x[i]) for i in range(1, 6))
+    # (the same w in every row; some CPUs' kernels round rows of one batch differently)
+    assert all(torch.allclose(x[0], x[i], atol=1e-5) for i in range(1, 6))
     y = run.sample(seeds="0-5")
     assert not torch.equal(y[0], y[1])
     # a seed's image does not depend on its company (up to the kernels' rounding, which varies with the batch)
