@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.genlab-installed
 
-.PHONY: demo test test-slow bench bench-gan bench-lm bench-finetune bench-compress bench-stylegan venv clean
+.PHONY: demo test test-slow bench bench-gan bench-lm bench-finetune bench-compress bench-stylegan bench-text2image venv clean
 
 venv: $(STAMP)
 
@@ -85,6 +85,9 @@ bench-compress: $(STAMP)
 
 bench-stylegan: $(STAMP)
 	$(PY) benchmarks/stylegan.py
+
+bench-text2image: $(STAMP)
+	$(PY) benchmarks/text2image.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -23,7 +23,18 @@ from .data import fetch as _fetch, list_datasets, load_images
 from .data.text import CORPORA, corpus_path, list_corpora, load_corpus
 from .families.base import Family
 from .families.finetune import merge as _merge
-from .families.images import IMAGE_OPTIONS, IW_SAMPLES, N_SAMPLES, PAIRS, STEPS, TRUNC, ImageRun, N, save_images
+from .families.images import (
+    IMAGE_OPTIONS,
+    IW_SAMPLES,
+    N_SAMPLES,
+    PAIRS,
+    PER_PROMPT,
+    STEPS,
+    TRUNC,
+    ImageRun,
+    N,
+    save_images,
+)
 from .families.lm import LMRun
 from .llm.generate import GENERATION_OPTIONS
 from .llm.hf import classify, list_models
@@ -37,6 +48,7 @@ Run = ImageRun  # the name earlier genlab gave the image run class
 EXPORT_FORMATS = ("hf",)  # a Hugging Face directory
 
 __all__ = ["CORPORA", "DEVICE", "GENERATION_OPTIONS", "IMAGE_OPTIONS", "IW_SAMPLES", "N", "N_SAMPLES", "PAIRS",
+           "PER_PROMPT",
            "STEPS", "TRUNC", "GenlabError", "LMRun", "Run", "compress", "corpora", "data_info", "dataset_classifier",
            "datasets", "export", "families", "fetch", "finetune", "image_metrics", "load", "load_corpus",
            "load_images", "load_inception", "load_model", "merge", "models", "open_any", "save_images",
@@ -174,8 +186,10 @@ def data_info(name: str, image_size: int | None = None, channels: int | None = N
         return load_corpus(name).describe()
     data = load_images(name, image_size=image_size, channels=channels)
     lines = [data.describe()] + [f"  {c:<20} {tr:>6,} train {te:>6,} test" for c, tr, te in data.class_counts()]
-    if data.train_captions:
-        lines.append(f"  captions, e.g.: {'; '.join(data.train_captions[0])}")
+    if data.has_captions:
+        caps = data.captions("train")
+        lines.append(f"  captions: {sum(map(len, caps)):,} for {len(caps):,} training images "
+                     f"({len({c for cs in caps for c in cs}):,} distinct), e.g.: {'; '.join(caps[0][:6])}")
     if grid is not None:
         lines.append(f"examples: {save_images(data.examples(8), grid, per_row=8)}")
     return "\n".join(lines)

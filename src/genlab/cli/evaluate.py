@@ -22,6 +22,10 @@ def register(commands) -> None:
         "in nats per image.\n"
         "--inception PATH adds the standard Inception FID from local weights (genlab does not\n"
         "download them). Appended to the run's metrics.jsonl and printed as JSON.\n\n"
+        "--prompts FILE (one per line) or the built-in sets train / heldout (phrasings used in,\n"
+        "or held out of, training): how samples follow their text -- conditional accuracy\n"
+        "(MNIST, Fashion-MNIST), Spearman rho of asked vs measured attributes, category accuracy\n"
+        "and per-category FID (emoji). --per-prompt samples each (default 100).\n\n"
         "For a language model: loss (nats per token), perplexity and bits per character on\n"
         "the run's held-out documents (or --text PATH), every token scored once with a\n"
         "sliding window of the model's context (stride: half of it).")
@@ -34,6 +38,9 @@ def register(commands) -> None:
     e.add_argument("--metrics", default=None, metavar="LIST",
                    help="image runs: which metrics, e.g. fid,kid,pr (every image family) or, for a style-based\n"
                         "generator, also ppl_zfull,ppl_wfull,ppl_zend,ppl_wend,ls (default: the usual set)")
+    e.add_argument("--prompts", default=None, metavar="FILE",
+                   help="conditional image run: prompts, one per line, or the built-in sets train / heldout")
+    add(e, [api.PER_PROMPT], {"per_prompt": api.PER_PROMPT.default})
     e.add_argument("--inception", default=None, metavar="PATH",
                    help="weights of the FID Inception network (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
     e.add_argument("--text", default=None, metavar="PATH",
@@ -54,6 +61,9 @@ def _eval(a) -> None:
     elif hasattr(m, "sample"):
         if a.text is not None:
             raise GenlabError("--text is for language-model runs")
+        if a.prompts is not None:
+            print(json.dumps(m.evaluate_prompts(a.prompts, per_prompt=a.per_prompt, seed=a.seed), indent=2))
+            return
         res = m.evaluate(iw_samples=a.iw_samples, n_test=a.n_test, n_samples=a.n_samples, seed=a.seed,
                          classifier=not a.no_classifier, inception=a.inception, metrics=a.metrics)
     else:

@@ -19,10 +19,16 @@ def register(commands) -> None:
                    help="one image per seed, e.g. 0-35 or 1,5,9 (stylegan2-ada's convention; instead of --n)")
     s.add_argument("--class", dest="label", default=None, metavar="CLASS",
                    help="class-conditional model: the class to draw (index or name; default: all, uniformly)")
+    s.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="text-conditioned model: the text (default: captions of random training images)")
+    s.add_argument("--prompts-file", default=None, metavar="FILE",
+                   help="text-conditioned model: one prompt per line, one grid row each (--n per row, default 8; "
+                        "the same latents in every row)")
     _trunc(s)
     add_one(s, DEVICE)
     s.set_defaults(func=lambda a: print(_load(a).save_samples(a.n, a.out, seed=a.seed, label=a.label, seeds=a.seeds,
-                                                              trunc=a.trunc, trunc_cutoff=a.trunc_cutoff)))
+                                                              trunc=a.trunc, trunc_cutoff=a.trunc_cutoff,
+                                                              prompt=a.prompt, prompts=a.prompts_file)))
 
     r = command(commands, "reconstruct", "test images and their reconstructions (alternating rows)")
     r.add_argument("run")
@@ -39,9 +45,11 @@ def register(commands) -> None:
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--space", default="z", choices=["z", "w"],
                    help="z (default) or, for a style-based generator, w: a straight line in W")
+    i.add_argument("--prompts", nargs=2, default=None, metavar=("FROM", "TO"),
+                   help="text-conditioned model: walk from one text to the other (z fixed per row)")
     add_one(i, DEVICE)
     i.set_defaults(func=lambda a: print(_load(a).save_interpolation(a.pairs, a.steps, a.out, seed=a.seed,
-                                                                    space=a.space)))
+                                                                    space=a.space, prompts=a.prompts)))
 
     m = command(commands, "style-mix", "copy one image's coarse, middle or fine styles into others (style-based runs)",
                 "The style-based generator paper's Figure 3: a grid whose top row holds the --cols\n"

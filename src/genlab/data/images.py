@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import GenlabError
-from . import emoji, sources
+from . import captions as _captions, emoji, sources
 
 BUILTIN_NAMES = (*sources.BUILTIN, "emoji")
 
@@ -39,6 +39,21 @@ class ImageData:
     classes: tuple = ()
     train_captions: list | None = None   # per image, a list of descriptions (emoji: name, short names ...)
     test_captions: list | None = None
+    captioner: object = field(default=None, repr=False)  # () -> (train, test) captions, made when first asked
+
+    @property
+    def has_captions(self) -> bool:
+        return self.train_captions is not None or self.captioner is not None
+
+    def captions(self, split: str = "train") -> list:
+        """Per image of the split, its list of captions (data/captions.py)."""
+        if self.train_captions is None and self.captioner is not None:
+            self.train_captions, self.test_captions = self.captioner()
+        if self.train_captions is None:
+            raise GenlabError(f"{self.name} has no captions (captioned: {', '.join(_captions.CAPTIONED)}, or "
+                              "folder:PATH with a metadata.jsonl or captions.txt)")
+        self.split(split)
+        return self.train_captions if split == "train" else self.test_captions
 
     @property
     def shape(self) -> tuple:
@@ -123,9 +138,16 @@ def _load_builtin(name: str) -> ImageData:
     def labels(k):
         return torch.from_numpy(arr[k].astype(np.int64))
 
-    return ImageData(name, images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte"),
+    data = ImageData(name, images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte"),
                      images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte"),
                      ds.classes)
+    if name in _captions.TEMPLATES:
+        def captioner():
+            train, thresholds = _captions.label_captions(name, data.train_x, data.train_y)
+            test, _ = _captions.label_captions(name, data.test_x, data.test_y, thresholds)
+            return train, test
+        data.captioner = captioner
+    return data
 
 
 # -- folder:PATH --------------------------------------------------------------------------
@@ -188,7 +210,18 @@ def _load_folder(path: str, image_size: int | None, channels: int | None) -> Ima
         test[:: max(2, int(1 / TEST_FRACTION))] = True
         if len(rel) == 1:
             test[:] = False
-    return _split(f"folder:{path}", x, y, test, classes)
+    data = _split(f"folder:{path}", x, y, test, classes)
+    caps = _captions.read_folder_captions(root, [r.as_posix() for r in rel])
+    if caps is not None:
+        missing = [r.as_posix() for r, c in zip(rel, caps) if not c]
+        if missing:
+            raise GenlabError(f"folder:{path}: {len(missing)} image(s) have no caption, e.g. {missing[0]} "
+                              "(give every image a line in metadata.jsonl / captions.txt)")
+        train = ~test if (~test).any() and test.any() else torch.ones(len(rel), dtype=torch.bool)
+        tmask = test if (~test).any() and test.any() else torch.ones(len(rel), dtype=torch.bool)
+        data.train_captions = [c for c, t in zip(caps, train.tolist()) if t]
+        data.test_captions = [c for c, t in zip(caps, tmask.tolist()) if t]
+    return data
 
 
 def _center_crop_resize(im, size):

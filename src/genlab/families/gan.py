@@ -11,7 +11,18 @@ from ..train.gan import LOSSES, GANTask, to_signed
 from ..util.errors import check
 from ..util.options import Opt, above, at_least, in_range
 from .base import register
-from .images import BATCH_SIZE, DATASET, EPOCHS, IMAGE_OPTIONS, LR, SCHEDULE, ImageFamily, ImageRun, build_checked
+from .images import (
+    BATCH_SIZE,
+    CONDITION_OPTIONS,
+    DATASET,
+    EPOCHS,
+    IMAGE_OPTIONS,
+    LR,
+    SCHEDULE,
+    ImageFamily,
+    ImageRun,
+    build_checked,
+)
 
 # GANs: `mlp` is the lecture's (its unstated lr / batch / scaling: 2e-4, 100, [-1, 1]),
 # `dcgan` Radford et al.'s recipe, `sngan` genlab's CPU recipe (see models/gan.py, README).
@@ -42,6 +53,10 @@ class GANRun(ImageRun):
     def _decode(self, z, y=None, **style):
         return self.model.generate(z, y)
 
+    @property
+    def text_module(self):
+        return self.model.sampler.text
+
     def _endpoints(self, pairs, g):
         a = torch.randn(pairs, self.latent_dim, generator=g)
         b = torch.randn(pairs, self.latent_dim, generator=g)
@@ -54,9 +69,10 @@ class GANRun(ImageRun):
 
 def adversarial_options(conditional_help: str) -> tuple:
     """The options every adversarial family ends with (before the image options)."""
-    return (Opt("conditional", bool, negate="--unconditional", help=conditional_help, negate_help="ignore the labels"),
+    return (Opt("conditional", bool, negate="--unconditional", help=conditional_help + " (= --condition class)",
+                negate_help="ignore the labels (= --condition none)"),
             Opt("betas", tuple, cli=False),
-            SCHEDULE.but(help="learning-rate schedule (default constant)"))
+            SCHEDULE.but(help="learning-rate schedule (default constant)")) + CONDITION_OPTIONS
 
 
 class AdversarialFamily(ImageFamily):
@@ -64,6 +80,17 @@ class AdversarialFamily(ImageFamily):
     loss_keys = ("train_loss", "g_loss")
     loss_labels = {"train_loss": "D loss", "g_loss": "G loss"}
     ylabel = "loss"
+
+    def adversarial_condition(self, o, data, default: str) -> dict:
+        """config["condition"] from --condition, or from the older --conditional/--unconditional."""
+        if o.get("conditional") is not None:
+            flag = "--conditional" if o["conditional"] else "--unconditional"
+            check(o.get("condition") is None, f"give --condition or {flag}, not both")
+            o["condition"] = "class" if o["conditional"] else "none"
+            if o["conditional"]:
+                labelled = data.train_y is not None and data.num_classes > 1
+                check(labelled, f"--conditional needs a labelled dataset; {o['dataset']} has no classes")
+        return self.resolve_condition(o, data, default)
 
     @staticmethod
     def epoch_classifier(data):
@@ -94,12 +121,16 @@ class GANFamily(AdversarialFamily):
         "    lr, batch size or scaling: genlab uses 2e-4, 100 and [-1, 1].\n\n"
         "Per epoch: D loss, G loss, mean D(x) and D(G(z)), FID on 2,000 samples in the\n"
         "dataset classifier's features, a grid from fixed noise (samples/), metrics.jsonl,\n"
-        "loss.png, and a warning when samples collapse onto few classes.")
+        "loss.png, and a warning when samples collapse onto few classes.\n\n"
+        "--condition text (sngan): G(z, e(text)) and a projection D(x, e(text)) that is\n"
+        "matching-aware (Reed et al., 2016): a real image with another image's caption counts\n"
+        "as fake, so D judges whether the image fits its text.")
     epilog = ("examples:\n"
               "  genlab train gan --dataset mnist --time-budget 600 --out runs/gan\n"
               "  genlab train gan --arch mlp --epochs 10 --out runs/lecture-gan\n"
               "  genlab train gan --arch dcgan --dataset fashion-mnist --epochs 5\n"
-              "  genlab sample runs/gan --n 64 --out digits.png --class 7")
+              "  genlab sample runs/gan --n 64 --out digits.png --class 7\n"
+              "  genlab train gan --condition text --dataset fashion-mnist --time-budget 600 --out runs/text-gan")
     options = (
         DATASET,
         Opt("arch", str, "sngan", choices=tuple(ARCHS), what="GAN architecture",
@@ -122,8 +153,7 @@ class GANFamily(AdversarialFamily):
     def fresh(self, out, o, log):
         arch = o["arch"]
         d = RECIPES[arch]
-        for k in ("lr", "batch_size", "schedule", "loss", "lr_d", "z_dim", "width", "ema_decay", "betas",
-                  "conditional"):
+        for k in ("lr", "batch_size", "schedule", "loss", "lr_d", "z_dim", "width", "ema_decay", "betas"):
             if o.get(k) is None:
                 o[k] = d.get(k)
         if o.get("epochs") is None and o.get("time_budget") is None:
@@ -137,27 +167,24 @@ class GANFamily(AdversarialFamily):
         if arch in ("dcgan", "sngan"):
             check(h in (28, 32), f"--arch {arch} needs 28x28 or 32x32 images, {o['dataset']} has {h}x{w} "
                                  "(use --image-size)")
-        labelled = data.train_y is not None and data.num_classes > 1
-        conditional = o["conditional"]
-        if conditional is None:
-            conditional = arch == "sngan" and labelled
-        check(not conditional or arch == "sngan", "--conditional needs --arch sngan")
-        check(not conditional or labelled, f"--conditional needs a labelled dataset; {o['dataset']} has no classes")
+        check(arch == "sngan" or not o.get("conditional"), "--conditional needs --arch sngan")
+        cond = self.adversarial_condition(o, data, default="class" if arch == "sngan" else "none")
+        check(cond["kind"] == "none" or arch == "sngan", f"--condition {cond['kind']} needs --arch sngan")
         mcfg = GANConfig(arch=arch, channels=c, image_size=h, z_dim=o["z_dim"], width=o["width"],
-                         hidden=d.get("hidden", GANConfig.hidden),
-                         num_classes=data.num_classes if conditional else 0, ema=o["ema_decay"] > 0)
+                         hidden=d.get("hidden", GANConfig.hidden), **self.condition_fields(cond, data),
+                         ema=o["ema_decay"] > 0)
         train_cfg = {"epochs": o.get("epochs"), "batch_size": o["batch_size"], "lr": o["lr"],
                      "schedule": o["schedule"], "seed": o["seed"], "time_budget": o.get("time_budget"),
                      "loss": o["loss"], "lr_d": o["lr_d"], "ema_decay": o["ema_decay"], "betas": list(o["betas"])}
-        what = f"{'class-conditional ' if conditional else ''}{arch} GAN"
-        return self.new_run(out, o, data, mcfg, train_cfg, what, log)
+        what = f"{'class-conditional ' if cond['kind'] == 'class' else ''}{arch} GAN"
+        return self.new_run(out, o, data, mcfg, train_cfg, what, log, condition=cond)
 
     def build(self, path, config):
         return build_checked(path, build_gan, GANConfig, config)
 
-    def task(self, model, data, config):
+    def task(self, model, data, config, cond):
         t = config["train"]
         clf = self.epoch_classifier(data)
         return GANTask(model, data, loss=t["loss"], lr_g=t["lr"], lr_d=t["lr_d"] or t["lr"],
                        betas=t["betas"], ema_decay=t["ema_decay"], schedule=t["schedule"],
-                       classifier=clf, seed=t["seed"])
+                       classifier=clf, seed=t["seed"], cond=cond)

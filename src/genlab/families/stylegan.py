@@ -90,6 +90,10 @@ class StyleGANRun(GANRun):
     truncatable = True
     metric_names = METRICS
 
+    @property
+    def text_module(self):
+        return self.model.sampler.mapping.text
+
     def _decode(self, z, y=None, trunc=None, trunc_cutoff=None, **kw):
         return self.model.generate(z, y, truncation_psi=1.0 if trunc is None else trunc,
                                    truncation_cutoff=trunc_cutoff)
@@ -208,7 +212,9 @@ class StyleGANFamily(AdversarialFamily):
         "Training: non-saturating logistic loss, lazy R1 (every 16 steps, --r1-gamma), style-mixing\n"
         "regularisation (--mixing 0.9), EMA of G, w_avg for truncation, optional path-length\n"
         "regularisation (--pl-weight), DiffAugment (on by default below 10,000 training images),\n"
-        "class-conditional (an embedding into the mapping network) when the data has labels.\n"
+        "class-conditional (an embedding into the mapping network) when the data has labels;\n"
+        "--condition text: the caption's embedding enters the mapping network instead (and D's\n"
+        "projection, matching-aware as in the GAN).\n"
         "28x28 data (MNIST) is padded to 32x32 with background and the samples cropped back to 28.\n"
         "Controls: genlab sample --seeds 0-35 --trunc 0.7, style-mix, noise, truncation,\n"
         "interpolate --space w; metrics: genlab eval --metrics fid,kid,pr,ppl_wend,ls ...")
@@ -251,32 +257,30 @@ class StyleGANFamily(AdversarialFamily):
         check(size >= 8 and size & (size - 1) == 0,
               f"{o['dataset']}: {h}x{h} images; a style-based generator needs a power-of-two size (8, 16, 32, 64) "
               "-- use --image-size")
-        labelled = data.train_y is not None and data.num_classes > 1
-        conditional = labelled if o.get("conditional") is None else o["conditional"]
-        check(not conditional or labelled, f"--conditional needs a labelled dataset; {o['dataset']} has no classes")
+        cond = self.adversarial_condition(o, data, default="class")
         augment = len(data.train_x) < SMALL_DATASET if o.get("augment") is None else o["augment"]
         mcfg = StyleGANConfig(arch=o["arch"], channels=c, image_size=size, out_size=h if h != size else None,
                               z_dim=o["z_dim"], w_dim=o["w_dim"], mapping_layers=o["mapping_layers"], width=o["width"],
                               lr_mul=o["mapping_lr_mul"],
-                              min_width=RECIPE["min_width"], num_classes=data.num_classes if conditional else 0,
+                              min_width=RECIPE["min_width"], **self.condition_fields(cond, data),
                               ema=o["ema_decay"] > 0)
         train_cfg = {"epochs": o.get("epochs"), "batch_size": o["batch_size"], "lr": o["lr"], "schedule": o["schedule"],
                      "seed": o["seed"], "time_budget": o.get("time_budget"), "betas": list(o["betas"]),
                      "mixing": o["mixing"], "r1_gamma": o["r1_gamma"], "pl_weight": o["pl_weight"],
                      "ema_decay": o["ema_decay"], "augment": augment}
-        what = f"{'class-conditional ' if conditional else ''}{o['arch']} ({size}x{size}" + \
+        what = f"{'class-conditional ' if cond['kind'] == 'class' else ''}{o['arch']} ({size}x{size}" + \
             (f", {h}x{h} data padded" if h != size else "") + (", DiffAugment" if augment else "") + ")"
-        return self.new_run(out, o, data, mcfg, train_cfg, what, log)
+        return self.new_run(out, o, data, mcfg, train_cfg, what, log, condition=cond)
 
     def build(self, path, config):
         return build_checked(path, build_stylegan, StyleGANConfig, config)
 
-    def task(self, model, data, config):
+    def task(self, model, data, config, cond):
         t = config["train"]
         clf = self.epoch_classifier(data)
         return StyleGANTask(model, data, lr_g=t["lr"], lr_d=t["lr"], betas=t["betas"], ema_decay=t["ema_decay"],
                             schedule=t["schedule"], classifier=clf, seed=t["seed"], r1_gamma=t["r1_gamma"],
-                            mixing=t["mixing"], pl_weight=t["pl_weight"], augment=t["augment"])
+                            mixing=t["mixing"], pl_weight=t["pl_weight"], augment=t["augment"], cond=cond)
 
     def batch_transform(self, config):
         """uint8 images -> [-1, 1] at the synthesis resolution (28x28 padded to 32 with background)."""

@@ -204,7 +204,8 @@ def _build_and_train(cfg: ClassifierConfig, data: ImageData, epochs: int, seed: 
 
 
 def _train(net, data: ImageData, epochs, seed) -> float:
-    with torch.random.fork_rng():
+    # (enable_grad: the first metric that needs the classifier may be computed under no_grad)
+    with torch.random.fork_rng(), torch.enable_grad():
         torch.manual_seed(seed)
         g = torch.Generator().manual_seed(seed)
         x, y = data.train_x, data.train_y

@@ -24,14 +24,16 @@ def _device(model) -> torch.device:
 
 
 @torch.no_grad()
-def negative_elbo(model, x_u8: torch.Tensor, to_float, batch_size: int = 1000) -> dict:
-    """Mean negative ELBO, BCE and KLD per image over uint8 images `x_u8`."""
+def negative_elbo(model, x_u8: torch.Tensor, to_float, batch_size: int = 1000, c=None) -> dict:
+    """Mean negative ELBO, BCE and KLD per image over uint8 images `x_u8` (for a
+    conditional VAE, `c`: their conditions)."""
     model.eval()
     tot_bce = tot_kld = 0.0
     dev = _device(model)
     for i in range(0, len(x_u8), batch_size):
         x = to_float(x_u8[i:i + batch_size]).to(dev)
-        logits, mu, logvar = model(x)
+        ci = None if c is None else c[i:i + batch_size].to(dev)
+        logits, mu, logvar = model(x, ci) if ci is not None else model(x)
         bce, kld = elbo_terms(logits, x, mu, logvar)
         tot_bce += float(bce)
         tot_kld += float(kld)
@@ -40,8 +42,9 @@ def negative_elbo(model, x_u8: torch.Tensor, to_float, batch_size: int = 1000) -
 
 
 @torch.no_grad()
-def iwae_nll(model, x_u8: torch.Tensor, to_float, k: int = 100, batch_size: int | None = None) -> float:
-    """Importance-weighted NLL bound (nats/image) with `k` samples per image."""
+def iwae_nll(model, x_u8: torch.Tensor, to_float, k: int = 100, batch_size: int | None = None, c=None) -> float:
+    """Importance-weighted NLL bound (nats/image) with `k` samples per image (for a
+    conditional VAE, of -log p(x | c), `c`: the images' conditions)."""
     model.eval()
     batch_size = batch_size or max(1, 2048 // k)  # ~2k decodes at a time: cache-friendly
     total = 0.0
@@ -49,11 +52,16 @@ def iwae_nll(model, x_u8: torch.Tensor, to_float, k: int = 100, batch_size: int 
     for i in range(0, len(x_u8), batch_size):
         x = to_float(x_u8[i:i + batch_size]).to(dev)
         b = x.shape[0]
-        mu, logvar = model.encode(x)
+        ci = None if c is None else c[i:i + batch_size].to(dev)
+        mu, logvar = model.encode(x, ci) if ci is not None else model.encode(x)
         std = torch.exp(0.5 * logvar)
         eps = torch.randn((k,) + mu.shape, device=dev)
         z = mu + eps * std                                           # (k, b, d)
-        logits = model.decode_logits(z.reshape(k * b, -1))
+        if ci is None:
+            logits = model.decode_logits(z.reshape(k * b, -1))
+        else:
+            ck = ci.unsqueeze(0).expand(k, *ci.shape).reshape(k * b, *ci.shape[1:])
+            logits = model.decode_logits(z.reshape(k * b, -1), ck)
         xk = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
         log_px = -F.binary_cross_entropy_with_logits(logits, xk, reduction="none")
         log_px = log_px.reshape(k, b, -1).sum(-1)

@@ -11,7 +11,9 @@ Three architectures, all for images in [-1, 1] (G ends in Tanh):
 - `sngan`: genlab's recipe. A DCGAN-shaped G with one more 3x3 convolution at full
   resolution; D with spectral normalisation on every layer (Miyato et al., 2018) and no
   BatchNorm; optionally class-conditional (G gets a label embedding, D a projection
-  term, Miyato & Koyama, 2018). D returns a logit.
+  term, Miyato & Koyama, 2018) or text-conditional (Reed et al., 2016: G(z, e(text)),
+  the text embedding mapped by a small MLP and added to z; D(x, e(text)) with the
+  projection of the embedding). D returns a logit.
 
 `GAN` bundles G, D and (for `ema`) an exponential moving average of G's weights, which
 is what samples are drawn from; one state dict holds all three.
@@ -25,6 +27,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from .condition import TextEmbedding
+
 
 @dataclass
 class GANConfig:
@@ -35,6 +39,8 @@ class GANConfig:
     hidden: int = 256        # mlp: hidden units
     width: int = 64          # dcgan / sngan: channels of the widest-resolution layer
     num_classes: int = 0     # > 0: class-conditional (sngan only)
+    text_dim: int = 0        # > 0: text-conditional on an embedding of this size (sngan only)
+    vocab_size: int = 0      # the learned text encoder's vocabulary (0: MiniLM embeddings)
     ema: bool = False        # keep an exponential moving average of G (sampled from)
 
     @property
@@ -132,6 +138,9 @@ class SNGenerator(nn.Module):
         self.cfg = cfg
         w, s = cfg.width, _base(cfg)
         self.embed = nn.Embedding(cfg.num_classes, cfg.z_dim) if cfg.num_classes else None
+        if cfg.text_dim:
+            self.text = TextEmbedding(cfg.text_dim, cfg.vocab_size)
+            self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, 256), nn.LeakyReLU(0.2), nn.Linear(256, cfg.z_dim))
         self.net = nn.Sequential(
             nn.Linear(cfg.z_dim, 2 * w * s * s, bias=False), nn.BatchNorm1d(2 * w * s * s), nn.ReLU(),
             nn.Unflatten(1, (2 * w, s, s)),
@@ -144,6 +153,8 @@ class SNGenerator(nn.Module):
     def forward(self, z, y=None):
         if self.embed is not None:
             z = z + self.embed(y)
+        if self.cfg.text_dim:
+            z = z + self.text_proj(self.text(y))
         return self.net(z)
 
 
@@ -161,12 +172,18 @@ class SNDiscriminator(nn.Module):
         self.out = spectral_norm(nn.Linear(4 * w, 1))
         # Projection discriminator: logit += <embed(y), h>.
         self.embed = spectral_norm(nn.Embedding(cfg.num_classes, 4 * w)) if cfg.num_classes else None
+        self.text_dim = cfg.text_dim
+        if cfg.text_dim:   # projection of the text embedding (its own encoder, for --text-encoder learned)
+            self.text = TextEmbedding(cfg.text_dim, cfg.vocab_size)
+            self.text_proj = spectral_norm(nn.Linear(cfg.text_dim, 4 * w))
 
     def forward(self, x, y=None):
         h = self.net(x)
         out = self.out(h)
         if self.embed is not None:
             out = out + (self.embed(y) * h).sum(1, keepdim=True)
+        if self.text_dim:
+            out = out + (self.text_proj(self.text(y)) * h).sum(1, keepdim=True)
         return out
 
 
@@ -182,8 +199,10 @@ class GAN(nn.Module):
         super().__init__()
         if cfg.arch not in ARCHS:
             raise ValueError(f"unknown GAN architecture {cfg.arch}")
-        if cfg.num_classes and cfg.arch != "sngan":
-            raise ValueError("class conditioning needs --arch sngan")
+        if (cfg.num_classes or cfg.text_dim) and cfg.arch != "sngan":
+            raise ValueError("conditioning needs --arch sngan")
+        if cfg.num_classes and cfg.text_dim:
+            raise ValueError("a GAN is conditioned on a class or on a text, not both")
         self.cfg = cfg
         g_cls, d_cls = ARCHS[cfg.arch]
         self.G = g_cls(cfg)

@@ -4,8 +4,9 @@ GANs"), sized for a CPU, in stylegan2-ada's vocabulary.
     z --mapping (8 FC layers, lr x 0.01)--> w --(one affine per convolution)--> styles
     learned 4x4 constant -> [conv, noise, style] x 2 per resolution, doubling to 32 or 64
 
-- `mapping(z, c, truncation_psi)`: z (normalised) and, for a class-conditional model, an
-  embedding of the class c -> w, repeated once per style input (ws: (B, num_ws, w_dim)).
+- `mapping(z, c, truncation_psi)`: z (normalised) and, for a conditional model, an
+  embedding of the class or of the text c -> w, repeated once per style input
+  (ws: (B, num_ws, w_dim)).
   Truncation pulls w towards w_avg, the running mean of w tracked while training.
 - `synthesis(ws, noise_mode)`: the constant, then at every resolution convolutions whose
   features are scaled by a style from w; per-pixel Gaussian noise with a learned strength per
@@ -34,6 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from .condition import TextEmbedding
+
 ADAIN, MODULATED = "stylegan", "stylegan2"
 ARCHS = (ADAIN, MODULATED)
 SQRT2 = math.sqrt(2.0)
@@ -52,11 +55,15 @@ class StyleGANConfig:
     width: int = 256            # feature maps at 4x4; halved per doubling down to min_width
     min_width: int = 32
     num_classes: int = 0        # > 0: class-conditional (an embedding into the mapping network)
+    text_dim: int = 0           # > 0: text-conditional (the text embedding into the mapping network)
+    vocab_size: int = 0         # the learned text encoder's vocabulary (0: MiniLM embeddings)
     ema: bool = True
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"unknown style-based architecture {self.arch}")
+        if self.num_classes and self.text_dim:
+            raise ValueError("a generator is conditioned on a class or on a text, not both")
         if self.image_size < 8 or self.image_size & (self.image_size - 1):
             raise ValueError(f"image_size must be a power of two >= 8, not {self.image_size}")
         for k in ("z_dim", "w_dim", "mapping_layers", "width", "min_width"):
@@ -124,8 +131,10 @@ class MappingNetwork(nn.Module):
     def __init__(self, cfg: StyleGANConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = EqualLinear(cfg.num_classes, cfg.w_dim) if cfg.num_classes else None
-        dims = [cfg.z_dim + (cfg.w_dim if cfg.num_classes else 0)] + [cfg.w_dim] * cfg.mapping_layers
+        self.embed = EqualLinear(cfg.num_classes or cfg.text_dim, cfg.w_dim) if cfg.num_classes or cfg.text_dim \
+            else None
+        self.text = TextEmbedding(cfg.text_dim, cfg.vocab_size) if cfg.text_dim else None
+        dims = [cfg.z_dim + (cfg.w_dim if self.embed is not None else 0)] + [cfg.w_dim] * cfg.mapping_layers
         self.fc = nn.Sequential(*[EqualLinear(a, b, lr_mul=cfg.lr_mul, activation=True)
                                   for a, b in zip(dims[:-1], dims[1:])])
         self.register_buffer("w_avg", torch.zeros(cfg.w_dim))
@@ -133,8 +142,8 @@ class MappingNetwork(nn.Module):
     def forward(self, z, c=None, truncation_psi=1.0, truncation_cutoff=None, update_w_avg=False, beta=0.995):
         x = normalize_2nd_moment(z)
         if self.embed is not None:
-            onehot = F.one_hot(c, self.cfg.num_classes).to(z.dtype)
-            x = torch.cat([x, normalize_2nd_moment(self.embed(onehot))], dim=1)
+            e = self.text(c) if self.text is not None else F.one_hot(c, self.cfg.num_classes).to(z.dtype)
+            x = torch.cat([x, normalize_2nd_moment(self.embed(e))], dim=1)
         w = self.fc(x)
         if update_w_avg:
             self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, beta))
@@ -280,6 +289,9 @@ class Discriminator(nn.Module):
         self.fc = spectral_norm(nn.Linear(ch * 16, 2 * ch))
         self.out = spectral_norm(nn.Linear(2 * ch, 1))
         self.embed = spectral_norm(nn.Embedding(cfg.num_classes, 2 * ch)) if cfg.num_classes else None
+        if cfg.text_dim:   # projection of the text embedding
+            self.text = TextEmbedding(cfg.text_dim, cfg.vocab_size)
+            self.text_proj = spectral_norm(nn.Linear(cfg.text_dim, 2 * ch))
 
     def minibatch_std(self, x):
         """Append the standard deviation of the features across a group of images: a cue
@@ -300,6 +312,8 @@ class Discriminator(nn.Module):
         out = self.out(h)
         if self.embed is not None:   # projection (Miyato & Koyama, 2018)
             out = out + (self.embed(c) * h).sum(1, keepdim=True)
+        if self.cfg.text_dim:
+            out = out + (self.text_proj(self.text(c)) * h).sum(1, keepdim=True)
         return out
 
 

@@ -6,6 +6,12 @@ Losses (D's output is a probability for `bce`, a logit otherwise):
 - `bce`: the lecture's. D: BCE(D(x), 1) + BCE(D(G(z)), 0); G: BCE(D(G(z)), 1) ("labels flipped").
 - `ns`: the same non-saturating loss written on logits (softplus), numerically stable.
 - `hinge`: D: relu(1 - D(x)) + relu(1 + D(G(z))); G: -D(G(z)) (Lim & Ye, 2017; SNGAN, BigGAN).
+
+Conditions (train/condition.py) go to both networks: G(z, c) for c drawn from the data, D
+on real images with their own conditions. For text, D is matching-aware (Reed et al.,
+2016, GAN-CLS): a real image with another image's caption is a third kind of input that D
+must call fake, so D -- and through it G -- learns whether an image fits its text, not
+only whether it looks real; the fake term is the mean of the two negatives.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import torch.nn.functional as F
 
 from ..data import ImageData
 from ..metrics.images import frechet_distance, gaussian_stats
+from .condition import ClassCondition, Conditioner
 from .loop import Task
 from .optim import lr_factor, make_optimizer, set_lr
 
@@ -35,7 +42,7 @@ class GANTask(Task):
     def __init__(self, model, data: ImageData, loss: str = "bce", lr_g: float = 2e-4,
                  lr_d: float = 2e-4, betas=(0.9, 0.999), ema_decay: float = 0.999,
                  schedule: str = "constant", classifier=None, seed: int = 0,
-                 n_grid: int = 64, n_eval: int = 2000, warn=None):
+                 n_grid: int = 64, n_eval: int = 2000, warn=None, cond: Conditioner | None = None):
         if loss not in LOSSES:
             raise ValueError(f"unknown GAN loss {loss}")
         self.model = model
@@ -54,7 +61,10 @@ class GANTask(Task):
         self._acc = torch.zeros(4, dtype=torch.float64)  # sums over images: g_loss, D(x), D(G(z)), n
         g = torch.Generator().manual_seed(seed + 1)
         self.grid_z = torch.randn(n_grid, self.cfg.z_dim, generator=g)  # fixed noise
-        self.grid_y = (torch.arange(n_grid) % self.cfg.num_classes) if self.cfg.num_classes else None
+        if cond is None:
+            cond = ClassCondition(self.cfg.num_classes) if self.cfg.num_classes else Conditioner()
+        self.cond = cond
+        self.grid_y = cond.grid(n_grid)
         self._ref = None
         if classifier is not None:
             # Reference statistics for the per-epoch FID: 10,000 training images.
@@ -81,15 +91,34 @@ class GANTask(Task):
                 set_lr(opt, lr * f)
 
     # -- one iteration ----------------------------------------------------------------------
-    def _labels(self, y, b, dev):
-        if not self.cfg.num_classes:
-            return None, None
-        return y, torch.randint(0, self.cfg.num_classes, (b,), device=dev)
+    def targets(self, train_y):
+        return self.cond.targets(self.data)
+
+    def _fake_term(self, out, weight=None):
+        """D's loss for inputs it must call fake (weighted: the mismatched pairs)."""
+        if self.loss == "bce":
+            per = -torch.log1p(-out.clamp(max=1 - 1e-7))
+        elif self.loss == "ns":
+            per = F.softplus(out)
+        else:
+            per = F.relu(1 + out)
+        if weight is None:
+            return per.mean()
+        return (per.flatten() * weight).sum() / weight.sum().clamp(min=1.0)
+
+    def _negatives(self, D, real_input, out_fake, c_real, key):
+        """D's fake term: the generated batch's, and for text the mean of it and the
+        mismatched real pairs' (`real_input()`: the real images as D sees them)."""
+        if self.cond.kind != "text":
+            return self._fake_term(out_fake)
+        c_mis, w = self.cond.mismatch(c_real, key)
+        return 0.5 * (self._fake_term(out_fake) + self._fake_term(D(real_input(), c_mis), w))
 
     def train_step(self, x, y):
         G, D = self.model.G, self.model.D
         b, dev = x.shape[0], x.device
-        y_real, y_fake = self._labels(y, b, dev)
+        y_real, key = self.cond.real(y)
+        y_fake, _ = self.cond.draw(b, dev)
 
         # Discriminator: real images -> "real", generated images -> "fake".
         z = torch.randn(b, self.cfg.z_dim, device=dev)
@@ -97,7 +126,10 @@ class GANTask(Task):
             fake = G(z, y_fake)
         out_real = D(x, y_real)
         out_fake = D(fake, y_fake)
-        if self.loss == "bce":
+        if self.cond.kind == "text":
+            real = (F.softplus(-out_real) if self.loss == "ns" else F.relu(1 - out_real)).mean()
+            d_loss = real + self._negatives(D, lambda: x, out_fake, y_real, key)
+        elif self.loss == "bce":
             ones, zeros = torch.ones(b, 1, device=dev), torch.zeros(b, 1, device=dev)
             d_loss = self.bce(out_real, ones) + self.bce(out_fake, zeros)
         elif self.loss == "ns":
@@ -111,7 +143,7 @@ class GANTask(Task):
         # Generator: make D call fresh fakes "real" (the labels flipped).
         z = torch.randn(b, self.cfg.z_dim, device=dev)
         if y_fake is not None:
-            y_fake = torch.randint(0, self.cfg.num_classes, (b,), device=dev)
+            y_fake, _ = self.cond.draw(b, dev)
         D.requires_grad_(False)
         out = D(G(z, y_fake), y_fake)
         if self.loss == "bce":
@@ -160,8 +192,9 @@ class GANTask(Task):
         if self.classifier is not None:
             g = torch.Generator().manual_seed(epoch)
             z = torch.randn(self.n_eval, self.cfg.z_dim, generator=g)
-            y = torch.randint(0, self.cfg.num_classes, (self.n_eval,), generator=g) if self.cfg.num_classes else None
             dev = self._device()
+            y = self.cond.draw(self.n_eval, "cpu", generator=g)[0]
+            y = None if y is None else y.cpu()
             imgs = torch.cat([self.model.generate(z[i:i + 500].to(dev), None if y is None else y[i:i + 500].to(dev)).cpu()
                               for i in range(0, self.n_eval, 500)])
             feats = self.classifier.features(imgs)

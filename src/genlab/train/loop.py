@@ -54,6 +54,11 @@ class Task:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
 
+    def targets(self, train_y: torch.Tensor | None) -> torch.Tensor | None:
+        """What the loop hands train_step as y for each training image: its label by
+        default; a conditional task may say otherwise (the image's index, for captions)."""
+        return train_y
+
     def set_progress(self, fraction: float) -> None:
         """Called before each step with the fraction of training done (for schedules)."""
 

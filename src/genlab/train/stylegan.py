@@ -81,15 +81,15 @@ class StyleGANTask(GANTask):
     def train_step(self, x, y):
         G, D = self.model.G, self.model.D
         b, dev = x.shape[0], x.device
-        y_real = y if self.cfg.num_classes else None
-        y_fake = torch.randint(0, self.cfg.num_classes, (b,), device=dev) if self.cfg.num_classes else None
+        y_real, key = self.cond.real(y)
+        y_fake, _ = self.cond.draw(b, dev)
 
         # Discriminator: logistic loss, and every r1_interval steps the R1 penalty on real images.
         with torch.no_grad():
             fake = G.synthesis(self._ws(b, y_fake, dev))
         out_real = D(self._aug(x), y_real)
         out_fake = D(self._aug(fake), y_fake)
-        d_loss = F.softplus(out_fake).mean() + F.softplus(-out_real).mean()
+        d_loss = self._negatives(D, lambda: self._aug(x), out_fake, y_real, key) + F.softplus(-out_real).mean()
         if self.r1_gamma > 0 and self.steps % self.r1_interval == 0:
             xr = x.detach().requires_grad_(True)
             grad, = torch.autograd.grad(D(self._aug(xr), y_real).sum(), xr, create_graph=True)
@@ -100,8 +100,8 @@ class StyleGANTask(GANTask):
 
         # Generator: make D call fresh fakes real; now and then the path-length penalty.
         D.requires_grad_(False)
-        if self.cfg.num_classes:
-            y_fake = torch.randint(0, self.cfg.num_classes, (b,), device=dev)
+        if y_fake is not None:
+            y_fake, _ = self.cond.draw(b, dev)
         ws = self._ws(b, y_fake, dev, update_w_avg=True)
         out = D(self._aug(G.synthesis(ws)), y_fake)
         g_loss = F.softplus(-out).mean()
