@@ -74,7 +74,7 @@ def measure(out, per_prompt, n_samples) -> dict:
                       or k.endswith("_percentile")}
     ev = run.evaluate(n_samples=n_samples, iw_samples=10) if run.family == "vae" else \
         run.evaluate(n_samples=n_samples, metrics="fid,kid,pr")
-    res["quality"] = {k: v for k, v in ev.items() if k.startswith(("fid", "precision", "recall", "test_neg_elbo"))}
+    res["quality"] = {k: v for k, v in ev.items() if k.startswith(("FID", "precision", "recall", "test_neg_elbo"))}
     return res
 
 
@@ -131,9 +131,9 @@ def table(results):
         for row, conds in results[part].items():
             for cond, r in conds.items():
                 q = r["quality"]
-                fid = next((v for k, v in q.items() if k.startswith("fid[")), float("nan"))
-                prec = next((v for k, v in q.items() if k.startswith("precision[")), float("nan"))
-                rec = next((v for k, v in q.items() if k.startswith("recall[")), float("nan"))
+                fid = next((v for k, v in q.items() if k.startswith("FID[") and "floor" not in k), float("nan"))
+                prec = next((v for k, v in q.items() if k.startswith("precision[") and "floor" not in k), float("nan"))
+                rec = next((v for k, v in q.items() if k.startswith("recall[") and "floor" not in k), float("nan"))
                 acc = f"conditional_accuracy[{label}]"
                 print(f"{row:<16}{cond:<10}{r['train'].get(acc, float('nan')):>10.3f}"
                       f"{r['heldout'].get(acc, float('nan')):>10.3f}{r['heldout'].get('rho_thickness', float('nan')):>10.3f}"
