@@ -39,12 +39,13 @@ def prompt_metrics(images: list[torch.Tensor], infos: list[dict], clf, data: Ima
     if attrs:
         ref = measure(data.train_x)
         ref_y = data.train_y.numpy()
+        measured = {i: measure(images[i]) for i in named if any(infos[i].get(a) is not None for a in attrs)}
         for a, (lo, hi) in attrs.items():
             asked, got = [], []
             for i in named:
                 if infos[i].get(a) is None:
                     continue
-                v = measure(images[i])[a]
+                v = measured[i][a]
                 k = np.full(len(v), infos[i]["class"])
                 got.append(percentile_in_class(v, k, ref[a], ref_y))
                 asked.append(np.full(len(v), infos[i][a]))
