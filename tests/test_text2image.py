@@ -159,6 +159,28 @@ def test_a_text_conditioned_gan_resumes_bit_for_bit(captioned_folder, tmp_path, 
     assert_same_weights(tmp_path / "full", tmp_path / "half")
 
 
+def test_mode_seeking_pairs_conditions_and_rewards_images_that_differ(captioned_folder):
+    """MSGAN's term: the generator step draws each condition for two latents, and its
+    penalty falls as the two images of a condition move apart (it stops the per-caption
+    collapse of a text GAN; README, Text conditioning)."""
+    from genlab.models.gan import GANConfig, build_gan
+    from genlab.train.condition import make_conditioner
+    from genlab.train.gan import GANTask
+    data = load_images(f"folder:{captioned_folder}")
+    cond = make_conditioner({"kind": "text", "encoder": "minilm"}, data)
+    model = build_gan(GANConfig(arch="sngan", channels=1, image_size=28, width=8, text_dim=384))
+    task = GANTask(model, data, loss="hinge", cond=cond, mode_seeking=0.5)
+    torch.manual_seed(0)
+    y = task._g_conditions(9, "cpu", cond.draw(9, "cpu")[0])
+    assert torch.equal(y[:4], y[4:8]) and not torch.equal(y[:4], y[1:5])
+    z = torch.randn(8, 100)
+    img = torch.rand(8, 1, 28, 28)
+    near = torch.cat([img[:4], img[:4] + 0.01])
+    far = torch.cat([img[:4], img[:4] + 0.5])
+    assert task._mode_seeking_term(far, z) < task._mode_seeking_term(near, z) / 10
+    assert GANTask(model, data, loss="hinge", cond=cond)._mode_seeking_term(far, z) == 0.0
+
+
 @pytest.fixture(scope="module")
 def text_run(captioned_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("tr") / "run"
@@ -190,6 +212,8 @@ def test_bad_input_is_one_line(text_run, trained_run, captioned_folder, tmp_path
          "--cvae goes with --condition"),
         (("train", "gan", "--condition", "class", "--unconditional", "--out", tmp_path / "x"),
          "give --condition or --unconditional, not both"),
+        (("train", "gan", "--condition", "none", "--mode-seeking", "1", "--out", tmp_path / "x"),
+         "--mode-seeking needs a condition"),
         (("interpolate", text_run, "--prompts", "a one", "", "--out", tmp_path / "w.png"), "--prompt is empty"),
         (("eval", trained_run, "--prompts", "heldout"), "an unconditional model; eval --prompts needs"),
         (("eval", text_run, "--prompts", tmp_path / "none.txt"), "no such prompts file"),

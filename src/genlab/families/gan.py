@@ -36,6 +36,9 @@ RECIPES = {
               "schedule": "constant", "z_dim": 100, "width": 32, "ema_decay": 0.999, "conditional": None},
 }
 GAN_DEFAULTS = RECIPES
+# Mode seeking's weight for text conditions: without it a text GAN maps every latent of a
+# caption to nearly one image (README, "Text conditioning").
+MODE_SEEKING = 0.3
 
 
 class GANRun(ImageRun):
@@ -72,7 +75,10 @@ def adversarial_options(conditional_help: str) -> tuple:
     return (Opt("conditional", bool, negate="--unconditional", help=conditional_help + " (= --condition class)",
                 negate_help="ignore the labels (= --condition none)"),
             Opt("betas", tuple, cli=False),
-            SCHEDULE.but(help="learning-rate schedule (default constant)")) + CONDITION_OPTIONS
+            SCHEDULE.but(help="learning-rate schedule (default constant)"),
+            Opt("mode_seeking", float, check=at_least(0), label="--mode-seeking",
+                help=f"mode-seeking weight (MSGAN): two latents per condition must give different images "
+                     f"(default {MODE_SEEKING} with --condition text, else 0)")) + CONDITION_OPTIONS
 
 
 class AdversarialFamily(ImageFamily):
@@ -91,6 +97,13 @@ class AdversarialFamily(ImageFamily):
                 labelled = data.train_y is not None and data.num_classes > 1
                 check(labelled, f"--conditional needs a labelled dataset; {o['dataset']} has no classes")
         return self.resolve_condition(o, data, default)
+
+    @staticmethod
+    def mode_seeking(o, cond) -> float:
+        if o.get("mode_seeking") is None:
+            return MODE_SEEKING if cond["kind"] == "text" else 0.0
+        check(o["mode_seeking"] == 0 or cond["kind"] != "none", "--mode-seeking needs a condition (--condition class|text)")
+        return o["mode_seeking"]
 
     @staticmethod
     def epoch_classifier(data):
@@ -175,7 +188,8 @@ class GANFamily(AdversarialFamily):
                          ema=o["ema_decay"] > 0)
         train_cfg = {"epochs": o.get("epochs"), "batch_size": o["batch_size"], "lr": o["lr"],
                      "schedule": o["schedule"], "seed": o["seed"], "time_budget": o.get("time_budget"),
-                     "loss": o["loss"], "lr_d": o["lr_d"], "ema_decay": o["ema_decay"], "betas": list(o["betas"])}
+                     "loss": o["loss"], "lr_d": o["lr_d"], "ema_decay": o["ema_decay"], "betas": list(o["betas"]),
+                     "mode_seeking": self.mode_seeking(o, cond)}
         what = f"{'class-conditional ' if cond['kind'] == 'class' else ''}{arch} GAN"
         return self.new_run(out, o, data, mcfg, train_cfg, what, log, condition=cond)
 
@@ -187,4 +201,4 @@ class GANFamily(AdversarialFamily):
         clf = self.epoch_classifier(data)
         return GANTask(model, data, loss=t["loss"], lr_g=t["lr"], lr_d=t["lr_d"] or t["lr"],
                        betas=t["betas"], ema_decay=t["ema_decay"], schedule=t["schedule"],
-                       classifier=clf, seed=t["seed"], cond=cond)
+                       classifier=clf, seed=t["seed"], cond=cond, mode_seeking=t.get("mode_seeking", 0.0))

@@ -42,7 +42,8 @@ class GANTask(Task):
     def __init__(self, model, data: ImageData, loss: str = "bce", lr_g: float = 2e-4,
                  lr_d: float = 2e-4, betas=(0.9, 0.999), ema_decay: float = 0.999,
                  schedule: str = "constant", classifier=None, seed: int = 0,
-                 n_grid: int = 64, n_eval: int = 2000, warn=None, cond: Conditioner | None = None):
+                 n_grid: int = 64, n_eval: int = 2000, warn=None, cond: Conditioner | None = None,
+                 mode_seeking: float = 0.0):
         if loss not in LOSSES:
             raise ValueError(f"unknown GAN loss {loss}")
         self.model = model
@@ -52,6 +53,7 @@ class GANTask(Task):
         self.lr_g, self.lr_d = lr_g, lr_d
         self.schedule = schedule
         self.ema_decay = ema_decay
+        self.mode_seeking = mode_seeking
         self.opt_g = make_optimizer(model.G.parameters(), lr=lr_g, betas=betas)
         self.opt_d = make_optimizer(model.D.parameters(), lr=lr_d, betas=betas)
         self.classifier = classifier
@@ -142,16 +144,17 @@ class GANTask(Task):
 
         # Generator: make D call fresh fakes "real" (the labels flipped).
         z = torch.randn(b, self.cfg.z_dim, device=dev)
-        if y_fake is not None:
-            y_fake, _ = self.cond.draw(b, dev)
+        y_fake = self._g_conditions(b, dev, y_fake)
         D.requires_grad_(False)
-        out = D(G(z, y_fake), y_fake)
+        img = G(z, y_fake)
+        out = D(img, y_fake)
         if self.loss == "bce":
             g_loss = self.bce(out, torch.ones(b, 1, device=dev))
         elif self.loss == "ns":
             g_loss = F.softplus(-out).mean()
         else:
             g_loss = -out.mean()
+        g_loss = g_loss + self._mode_seeking_term(img, z)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
@@ -161,6 +164,28 @@ class GANTask(Task):
             p_real, p_fake = (out_real, out_fake) if self.loss == "bce" else \
                 (torch.sigmoid(out_real), torch.sigmoid(out_fake))
         return self._end_step(d_loss, g_loss, p_real, p_fake, b)
+
+    def _g_conditions(self, b, dev, y_fake):
+        """Fresh conditions for the generator step; with mode seeking the second half of
+        the batch repeats the first half's, so each condition is drawn with two latents."""
+        if y_fake is None:
+            return None
+        y, _ = self.cond.draw(b, dev)
+        if self.mode_seeking > 0 and b >= 2:
+            h = b // 2
+            y = torch.cat([y[:h], y[:h], y[2 * h:]])
+        return y
+
+    def _mode_seeking_term(self, img, z):
+        """Mode seeking (Mao et al., 2019, MSGAN): for two latents with the same condition,
+        the images' distance over the latents' -- its inverse, weighted, joins G's loss, so G
+        cannot map every latent of a condition to one image (the per-prompt collapse a text
+        condition invites: the caption alone nearly determines a digit)."""
+        if self.mode_seeking <= 0 or self.cond.kind == "none" or img.shape[0] < 2:
+            return 0.0
+        h = img.shape[0] // 2
+        ratio = (img[:h] - img[h:2 * h]).abs().mean() / (z[:h] - z[h:2 * h]).abs().mean()
+        return self.mode_seeking / (ratio + 1e-5)
 
     def _end_step(self, d_loss, g_loss, p_real, p_fake, b):
         """After both updates: count the step, move the EMA generator, add to the epoch's

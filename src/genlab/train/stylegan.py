@@ -68,10 +68,11 @@ class StyleGANTask(GANTask):
     def _aug(self, x):
         return diffaugment(x) if self.augment else x
 
-    def _ws(self, b, y, dev, update_w_avg=False):
+    def _ws(self, b, y, dev, update_w_avg=False, z=None):
         """Styles for b images: one latent's, or (style mixing) two latents' split at a random layer."""
         G = self.model.G
-        ws = G.mapping(torch.randn(b, self.cfg.z_dim, device=dev), y, update_w_avg=update_w_avg)
+        z = torch.randn(b, self.cfg.z_dim, device=dev) if z is None else z
+        ws = G.mapping(z, y, update_w_avg=update_w_avg)
         if self.mixing > 0 and float(torch.rand(())) < self.mixing:
             cut = int(torch.randint(1, self.cfg.num_ws, ()))
             ws2 = G.mapping(torch.randn(b, self.cfg.z_dim, device=dev), y)
@@ -100,11 +101,12 @@ class StyleGANTask(GANTask):
 
         # Generator: make D call fresh fakes real; now and then the path-length penalty.
         D.requires_grad_(False)
-        if y_fake is not None:
-            y_fake, _ = self.cond.draw(b, dev)
-        ws = self._ws(b, y_fake, dev, update_w_avg=True)
-        out = D(self._aug(G.synthesis(ws)), y_fake)
-        g_loss = F.softplus(-out).mean()
+        y_fake = self._g_conditions(b, dev, y_fake)
+        z = torch.randn(b, self.cfg.z_dim, device=dev)
+        ws = self._ws(b, y_fake, dev, update_w_avg=True, z=z)
+        img = G.synthesis(ws)
+        out = D(self._aug(img), y_fake)
+        g_loss = F.softplus(-out).mean() + self._mode_seeking_term(img, z)
         if self.pl_weight > 0 and self.steps % 4 == 0:
             g_loss = g_loss + self._path_length(b, y_fake, dev) * 4
         self.opt_g.zero_grad(set_to_none=True)
