@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.genlab-installed
 
-.PHONY: demo test test-slow bench bench-gan bench-lm bench-finetune bench-compress bench-stylegan bench-text2image venv clean
+.PHONY: demo test test-slow bench bench-gan bench-lm bench-finetune bench-compress bench-stylegan bench-text2image bench-guard venv clean
 
 venv: $(STAMP)
 
@@ -88,6 +88,9 @@ bench-stylegan: $(STAMP)
 
 bench-text2image: $(STAMP)
 	$(PY) benchmarks/text2image.py
+
+bench-guard: $(STAMP)
+	$(PY) benchmarks/guard.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -15,6 +15,7 @@ family's logic: each call goes to the family registry (families/), the compresso
 """
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from . import families as _families
@@ -36,6 +37,9 @@ from .families.images import (
     save_images,
 )
 from .families.lm import LMRun
+from .guard import attacks as _attacks, gcg as _gcg, report as _greport
+from .guard.attacks import ATTACKS as GUARD_ATTACKS
+from .guard.levels import LEVELS as GUARD_LEVELS, GuardedModel, check_level, check_secret, read_history
 from .llm.generate import GENERATION_OPTIONS
 from .llm.hf import classify, list_models
 from .metrics.classifier import get_classifier
@@ -47,7 +51,8 @@ from .util.errors import GenlabError, check
 Run = ImageRun  # the name earlier genlab gave the image run class
 EXPORT_FORMATS = ("hf",)  # a Hugging Face directory
 
-__all__ = ["CORPORA", "DEVICE", "GENERATION_OPTIONS", "IMAGE_OPTIONS", "IW_SAMPLES", "N", "N_SAMPLES", "PAIRS",
+__all__ = ["CORPORA", "DEVICE", "GENERATION_OPTIONS", "GUARD_ATTACKS", "GUARD_LEVELS", "guard", "guard_attack", "guard_gcg",
+           "read_history", "read_suffix", "IMAGE_OPTIONS", "IW_SAMPLES", "N", "N_SAMPLES", "PAIRS",
            "PER_PROMPT",
            "STEPS", "TRUNC", "GenlabError", "LMRun", "Run", "compress", "corpora", "data_info", "dataset_classifier",
            "datasets", "export", "families", "fetch", "finetune", "image_metrics", "load", "load_corpus",
@@ -198,3 +203,76 @@ def data_info(name: str, image_size: int | None = None, channels: int | None = N
 def dataset_classifier(dataset: str, image_size: int | None = None, channels: int | None = None):
     """The cached classifier for a labelled dataset (trained once if missing)."""
     return get_classifier(load_images(dataset, image_size=image_size, channels=channels))
+
+
+# -- guardrails: the secret-keeping game and the attacks on it (genlab.guard) -------------------
+
+def guard(model: str, level: int = 1, secret: str | None = None, judge: str | None = None, seed: int | None = None,
+          max_new_tokens: int = 64, log=print, device: str | None = "cpu") -> GuardedModel:
+    """A chat model playing the secret-keeping game at `level` (0-8, GUARD_LEVELS): its
+    hidden system prompt holds `secret` (default: a random word of the shipped list), and
+    `.ask(prompt, history)` plays one turn through the level's guards."""
+    check_level(level)
+    if secret is not None:
+        check_secret(secret)
+    m = load_model(model, log=log, device=device)
+    if secret is None:
+        secret = _attacks.secrets_for(1, seed if seed is not None else random.SystemRandom().randrange(2**32))[0]
+    j = load_model(judge, log=log, device=device) if judge else None
+    return GuardedModel(m, level, secret, judge=j, max_new_tokens=max_new_tokens, log=log)
+
+
+def guard_attack(model: str, out, levels="all", attacks="all", secrets: int = 10, seed: int = 0,
+                 suffix=None, benign: int | None = None, max_new_tokens: int = 64, judge: str | None = None,
+                 overwrite: bool = False, log=print, progress: bool = True, device: str | None = "cpu") -> dict:
+    """Every attack of the suite against every chosen level for `secrets` secret words, and
+    the benign set at every level; writes attempts.jsonl, benign.jsonl, summary.json and
+    report.md into `out` and returns the summary. `suffix`: a `guard gcg` output (its
+    directory or suffix.json) whose suffix joins the suite as the attack "gcg"."""
+    _greport.parse_levels(levels)
+    _attacks.select(attacks)
+    _attacks.secrets_for(secrets, seed)
+    check(benign is None or (isinstance(benign, int) and benign >= 0), f"--benign {benign}: a number of requests >= 0")
+    out = Path(out)
+    check(overwrite or not (out / "attempts.jsonl").exists(),
+          f"{out} already holds an attack report (give --overwrite to replace it, or another --out)")
+    found = read_suffix(suffix) if suffix is not None else None
+    m = load_model(model, log=log, device=device)
+    j = load_model(judge, log=log, device=device) if judge else None
+    return _greport.run_attacks(m, out, levels=levels, attacks=attacks, secrets=secrets, seed=seed,
+                                suffix=found["suffix"] if found else None, exclude=found["secrets"] if found else (),
+                                benign=benign, max_new_tokens=max_new_tokens, judge=j, log=log, progress=progress)
+
+
+def guard_gcg(model: str, out, level: int = 1, time_budget: float | None = 600, steps: int | None = None,
+              secrets: int = 2, suffix_tokens: int = 20, topk: int = 64, batch: int = 24, seed: int = 0,
+              overwrite: bool = False, log=print, progress: bool = True, device: str | None = "cpu") -> dict:
+    """Search a universal adversarial suffix against `level` (GCG, Zou et al. 2023) over
+    `secrets` secret words and a few prompts; writes OUT/suffix.json and metrics.jsonl."""
+    check_level(level)
+    check(isinstance(secrets, int) and secrets >= 1, f"--secrets {secrets}: give at least one secret")
+    for name, v in (("--suffix-tokens", suffix_tokens), ("--topk", topk), ("--batch", batch)):
+        check(isinstance(v, int) and v >= 1, f"{name} {v}: give a whole number >= 1")
+    out = Path(out)
+    check(overwrite or not (out / "suffix.json").exists(),
+          f"{out} already holds a suffix (give --overwrite to replace it, or another --out)")
+    m = load_model(model, log=log, device=device)
+    return _gcg.search(m, out, level=level, time_budget=time_budget, steps=steps, n_secrets=secrets,
+                       suffix_tokens=suffix_tokens, topk=topk, batch=batch, seed=seed, log=log, progress=progress)
+
+
+def read_suffix(path) -> dict:
+    """The adversarial suffix a `genlab guard gcg` run saved (its folder or suffix.json):
+    {"suffix": text, "secrets": the secrets it was optimised on, ...}."""
+    import json
+    p = Path(path)
+    if p.is_dir():
+        p = p / "suffix.json"
+    check(p.is_file(), f"{p}: no such file (give the --out folder of genlab guard gcg, or its suffix.json)")
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+        text = d["suffix"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise GenlabError(f"{p}: not a genlab guard gcg suffix file ({e})") from None
+    check(isinstance(text, str) and text.strip(), f"{p}: the suffix is empty")
+    return {**d, "secrets": list(d.get("secrets") or [])}

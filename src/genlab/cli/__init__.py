@@ -12,12 +12,12 @@ import sys
 
 from ..util.errors import GenlabError
 from ..util.version import __version__
-from . import compress, data, evaluate, images, llm, text, train
+from . import compress, data, evaluate, guard, images, llm, text, train
 from .options import Parser, sub
 
 # the sub-commands, in the order `genlab --help` lists them
 VERBS = (data.register, train.register, images.register, evaluate.register, text.register, llm.register,
-         compress.register, llm.register_reward)
+         compress.register, llm.register_reward, guard.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -142,6 +142,15 @@ class LMRun(TextModel):
     def decode(self, ids: list) -> str:
         return self.tokenizer.decode(ids)
 
+    def scoring_module(self):
+        return self.model
+
+    def token_embeddings(self):
+        return self.model.transformer.wte.weight
+
+    def logits_from_embeddings(self, embeds):
+        return self.model(None, embeds=embeds)[0]
+
     def _token_ids(self, ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache):
         idx = torch.tensor([ids], device=self.device)
         return self.model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,

@@ -69,6 +69,58 @@ class TextModel:
                 f"{self.context} tokens: the window slides (the model sees only the most recent "
                 f"{self.context}{' (a quarter less right after a slide, with the KV cache)' if use_cache else ''})")
 
+    def scoring_module(self):
+        """The network as forward(idx) -> (logits (B, T, vocab), _): what scoring reads."""
+        raise NotImplementedError
+
+    def encode_plain(self, text: str) -> list:
+        """Token ids of a piece of text inside a longer one (no special tokens added)."""
+        return self.encode_prompt(text)
+
+    def special_ids(self) -> set:
+        """Token ids that are not text (BOS, EOS, chat markers)."""
+        return set()
+
+    def token_embeddings(self) -> torch.Tensor:
+        """The input embedding matrix (vocab, dim)."""
+        raise NotImplementedError
+
+    def logits_from_embeddings(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, vocab) for token embeddings (B, T, dim) in place of token ids."""
+        raise NotImplementedError
+
+    @property
+    def chat_model(self) -> bool:
+        """Does the model know a chat layout (a system prompt, turns)?"""
+        return self.template is not None
+
+    # -- scoring ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def token_nll(self, ids: list, start: int = 1) -> torch.Tensor:
+        """-log p(ids[t] | ids[:t]) for t = start .. len(ids) - 1 (nats), one forward pass
+        (the most recent `context` tokens)."""
+        ids = list(ids)[-self.context:]
+        start = max(1, start - max(0, len(ids) - self.context))
+        x = torch.tensor([ids], device=self.device)
+        logits, _ = self.scoring_module()(x)
+        lp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
+        nll = -lp.gather(-1, x[0, 1:].unsqueeze(-1)).squeeze(-1)
+        return nll[start - 1:].cpu()
+
+    @torch.no_grad()
+    def continue_logits(self, prefix: list, rest: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, vocab) at the positions of `rest` (B, T), each row read after the
+        same `prefix` token ids (models with a KV cache compute the prefix once)."""
+        ids = torch.cat([torch.tensor(prefix, dtype=torch.long).expand(rest.shape[0], -1), rest], dim=1)
+        return self.scoring_module()(ids.to(self.device))[0][:, len(prefix):]
+
+    @torch.no_grad()
+    def next_token_logprobs(self, text: str) -> torch.Tensor:
+        """log p(next token | text) over the vocabulary."""
+        ids = self.encode_prompt(text)[-self.context:]
+        logits, _ = self.scoring_module()(torch.tensor([ids], device=self.device))
+        return torch.log_softmax(logits[0, -1].float(), dim=-1).cpu()
+
     # -- generation ----------------------------------------------------------------------------
     def stream(self, prompt: str, max_new_tokens: int = 500, temperature: float = 0.8,
                top_k: int | None = 200, top_p: float | None = None, seed: int | None = None,

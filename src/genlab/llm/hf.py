@@ -366,6 +366,32 @@ class HFModel(TextModel):
     def decode(self, ids: list) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def scoring_module(self):
+        return CausalLM(self.model)
+
+    def encode_plain(self, text: str) -> list:
+        return _encode(self.tokenizer, text)
+
+    def special_ids(self) -> set:
+        return set(self.tokenizer.all_special_ids) | set(getattr(self.tokenizer, "added_tokens_decoder", {}) or {})
+
+    @torch.no_grad()
+    def continue_logits(self, prefix, rest):
+        out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+        cache = out.cache
+        cache.batch_repeat_interleave(rest.shape[0])
+        return self.model(input_ids=rest.to(self.device), cache=cache, use_cache=True).logits
+
+    def token_embeddings(self):
+        return self.model.get_input_embeddings().weight
+
+    def logits_from_embeddings(self, embeds):
+        return self.model(inputs_embeds=embeds, use_cache=False).logits
+
+    @property
+    def chat_model(self) -> bool:
+        return not isinstance(self.template, ChatTemplate) or bool(getattr(self.tokenizer, "chat_template", None))
+
     @torch.inference_mode()
     def _token_ids(self, ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache) -> Iterator[int]:
         ids, ctx, past, cached = list(ids), self.context, None, 0

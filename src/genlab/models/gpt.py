@@ -164,15 +164,17 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, targets=None, cache: KVCache | None = None):
+    def forward(self, idx, targets=None, cache: KVCache | None = None, embeds=None):
         """Logits (B, T, vocab) for token ids `idx` (B, T); with `targets` also the mean
-        cross-entropy. With a `cache`, `idx` continues the cached positions."""
-        B, T = idx.shape
+        cross-entropy. With a `cache`, `idx` continues the cached positions. `embeds`
+        (B, T, n_embd) stands in for idx's token embeddings (to differentiate through them)."""
+        tok = self.transformer.wte(idx) if embeds is None else embeds
+        B, T = tok.shape[:2]
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds the context of {self.cfg.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        pos = torch.arange(start, start + T, dtype=torch.long, device=tok.device)
+        x = self.transformer.drop(tok + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache, i)
         if cache is not None:
