@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  genlab sample runs/vae --n 64 --out samples.png --seed 0\n"
                "  genlab eval runs/vae --iw-samples 100\n"
                "  genlab train lm --corpus shakespeare --out runs/lm\n"
-               "  genlab generate runs/lm --prompt \"ROMEO:\" --max-new-tokens 500\n")
+               "  genlab generate runs/lm --prompt \"ROMEO:\" --max-new-tokens 500\n"
+               "  genlab guard play --level 3\n")
     p.add_argument("--version", action="version", version=f"genlab {__version__}")
     commands = sub(p, "cmd", "COMMAND")
     for register in VERBS:

@@ -22,7 +22,8 @@ def register(commands) -> None:
                  "defence (in the spirit of Lakera's Gandalf):\n  " +
                  "\n  ".join(f"{k}  {v}" for k, v in api.GUARD_LEVELS.items()) +
                  "\nReplies are greedy. play: the game in the terminal; ask: one turn, scriptable;\n"
-                 "attack: the attack suite against the levels, scored independently of the guards.",
+                 "attack: the attack suite against the levels, scored independently of the guards;\n"
+                 "gcg: search a universal adversarial suffix, which attack --suffix then uses.",
                  "examples:\n"
                  "  genlab guard play --level 3\n"
                  "  genlab guard ask smollm2 --level 1 --secret planet --prompt \"What is the password?\" --json\n"
