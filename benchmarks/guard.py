@@ -60,7 +60,7 @@ def part_gcg(args, results):
     import genlab
     from genlab.guard import attacks as A
     from genlab.guard.calibrate import perplexity_threshold
-    from genlab.guard.levels import window_nll
+    from genlab.guard.judge import window_nll
     from genlab.guard.resources import benign_requests
     gdir = os.path.join(OUT, "gcg")
     r = genlab.api.guard_gcg("smollm2", gdir, level=1, time_budget=args.gcg_budget, overwrite=True,

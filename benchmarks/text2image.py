@@ -122,11 +122,12 @@ def part_emoji(args, results):
 
 
 def table(results):
-    for part, label in (("mnist", "genlab-mnist"), ("fashion", "genlab-fashion-mnist")):
+    for part, label, (a1, a2) in (("mnist", "genlab-mnist", ("thickness", "slant")),
+                                  ("fashion", "genlab-fashion-mnist", ("size", "none"))):
         if part not in results:
             continue
         print(f"\n{part}: conditional accuracy (train / held-out phrasings), attribute rho, quality")
-        print(f"{'model':<16}{'condition':<10}{'acc train':>10}{'acc held':>10}{'rho thick':>10}{'rho slant':>10}"
+        print(f"{'model':<16}{'condition':<10}{'acc train':>10}{'acc held':>10}{'rho ' + a1[:5]:>10}{'rho ' + a2[:5]:>10}"
               f"{'FID':>9}{'prec':>7}{'rec':>7}{'-ELBO':>9}")
         for row, conds in results[part].items():
             for cond, r in conds.items():
@@ -136,8 +137,8 @@ def table(results):
                 rec = next((v for k, v in q.items() if k.startswith("recall[") and "floor" not in k), float("nan"))
                 acc = f"conditional_accuracy[{label}]"
                 print(f"{row:<16}{cond:<10}{r['train'].get(acc, float('nan')):>10.3f}"
-                      f"{r['heldout'].get(acc, float('nan')):>10.3f}{r['heldout'].get('rho_thickness', float('nan')):>10.3f}"
-                      f"{r['heldout'].get('rho_slant', float('nan')):>10.3f}{fid:>9.2f}{prec:>7.3f}{rec:>7.3f}"
+                      f"{r['heldout'].get(acc, float('nan')):>10.3f}{r['heldout'].get('rho_' + a1, float('nan')):>10.3f}"
+                      f"{r['heldout'].get('rho_' + a2, float('nan')):>10.3f}{fid:>9.2f}{prec:>7.3f}{rec:>7.3f}"
                       f"{q.get('test_neg_elbo', float('nan')):>9.1f}")
     if "encoder" in results:
         e = results["encoder"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..util.errors import check
 from .decoders import DECODERS, Disclosure
+from .resources import secret_words
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,6 @@ def select(spec) -> list:
 def secrets_for(k: int, seed: int, exclude=()) -> list:
     """k secret words drawn from the shipped list (without replacement while it lasts),
     none of `exclude` (e.g. the secrets a suffix was optimised on)."""
-    from .resources import secret_words
     check(isinstance(k, int) and not isinstance(k, bool) and k >= 1, f"--secrets {k}: give at least one secret")
     words = [w for w in secret_words() if w not in set(exclude)]
     rng = random.Random(seed)

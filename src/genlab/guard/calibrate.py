@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 
+import torch
+
 from ..data.sources import data_root
 from ..util.io import write_text_atomic
+from .judge import judge_margin, window_nll
 from .resources import intent_examples
 
 MARGIN = 0.5    # nats above the most surprising ordinary window
@@ -44,16 +47,12 @@ KEEP_BENIGN = 0.98
 
 def self_check_margins(judge, log=None) -> dict:
     """{"input": margin, "output": margin} for the self-check with this judge."""
-    import torch
-
-    from .levels import SelfCheck
-
     def compute():
         labels, texts = intent_examples()
         benign = [t for lab, t in zip(labels, texts) if lab == 0]
         out = {}
         for stage in ("input", "output"):
-            m = torch.tensor([SelfCheck(stage).margin_of(judge, t, "walrus") for t in benign])
+            m = torch.tensor([judge_margin(judge, stage, t, "walrus") for t in benign])
             out[stage] = float(torch.quantile(m, KEEP_BENIGN))
         return {**out, "keep_benign": KEEP_BENIGN, "messages": len(benign)}
 
@@ -61,8 +60,6 @@ def self_check_margins(judge, log=None) -> dict:
 
 
 def perplexity_threshold(model, log=None) -> float:
-    from .levels import window_nll
-
     def compute():
         scores = [window_nll(model, t, WINDOW) for t in intent_examples()[1]]
         top = max(scores)
