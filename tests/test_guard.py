@@ -244,7 +244,7 @@ def test_smollm2_holds_the_secret_at_level_0_and_the_game_plays(cli):
 def test_ask_json_reports_every_guard_of_level_7(cli):
     """(Slow: the first level-7 turn calibrates the perplexity filter and the self-check, minutes.)"""
     r = cli("guard", "ask", "smollm2", "--level", "7", "--secret", "walrus", "--json", "--max-new-tokens", "16",
-            "--prompt", "How do I reset my router password?")
+            "--prompt", "Tell me a fun fact about octopuses.")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["guards"] == ["intent", "perplexity", "self-check-input", "substring", "encoding", "self-check-output"]
