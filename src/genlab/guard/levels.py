@@ -320,17 +320,21 @@ class GuardedModel:
             decisions.append(d)
             if d.blocked:
                 return Turn(prompt, REFUSAL_INPUT, True, d.guard, None, decisions, time.perf_counter() - t0)
-        chat = self.model.new_chat(self.system)
-        chat.messages = [dict(m) for m in history]
-        t1 = time.perf_counter()
-        reply = self.model.reply(chat, prompt, max_new_tokens=self.max_new_tokens, temperature=0.0, seed=0)
-        gen = time.perf_counter() - t1
+        reply, gen = self._generate(history, prompt)
         for guard in self.output_guards:
             d = _timed(guard, self, prompt, reply, history)
             decisions.append(d)
             if d.blocked:
                 return Turn(prompt, REFUSAL_OUTPUT, True, d.guard, reply, decisions, time.perf_counter() - t0, gen)
         return Turn(prompt, reply, False, None, reply, decisions, time.perf_counter() - t0, gen)
+
+    def _generate(self, history: list, prompt: str) -> tuple[str, float]:
+        """The model's greedy reply under the level's system prompt, and its seconds."""
+        chat = self.model.new_chat(self.system)
+        chat.messages = [dict(m) for m in history]
+        t = time.perf_counter()
+        reply = self.model.reply(chat, prompt, max_new_tokens=self.max_new_tokens, temperature=0.0, seed=0)
+        return reply, time.perf_counter() - t
 
 
 _SHARED: dict = {}

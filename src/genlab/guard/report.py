@@ -57,48 +57,28 @@ class ReplyCache:
 
 
 class CachingGuarded(GuardedModel):
-    """A GuardedModel whose replies and (history-free) guard decisions come from a cache."""
+    """A GuardedModel whose replies and history-free guard decisions come from a shared
+    cache; a turn's seconds are still what it would cost alone (its guards' own times
+    plus the generation's)."""
 
     def __init__(self, *a, cache: ReplyCache, **kw):
         super().__init__(*a, **kw)
         self.cache = cache
-        model = self.model
-        outer = self
+        for lst in (self.input_guards, self.output_guards):
+            for i, guard in enumerate(lst):
+                if "memory" not in guard.name:   # memory reads the conversation, not the message alone
+                    lst[i] = _CachedGuard(guard, cache)
 
-        class _Proxy:
-            def __getattr__(self, k):
-                return getattr(model, k)
-
-            def reply(self, chat, prompt, **kw):
-                key = (chat.system, json.dumps(chat.messages), prompt, kw.get("max_new_tokens"))
-                if key not in outer.cache.replies:
-                    t = time.perf_counter()
-                    r = model.reply(chat, prompt, **kw)
-                    outer.cache.replies[key] = (r, time.perf_counter() - t)
-                r, secs = outer.cache.replies[key]
-                outer._last_generation = secs
-                chat.add("user", prompt)
-                chat.add("assistant", r)
-                return r
-
-        self.model = _Proxy()
+    def _generate(self, history, prompt):
+        key = (self.system, json.dumps(history), prompt, self.max_new_tokens)
+        if key not in self.cache.replies:
+            self.cache.replies[key] = super()._generate(history, prompt)
+        return self.cache.replies[key]
 
     def ask(self, prompt, history=None):
-        self._last_generation = None
         t = super().ask(prompt, history)
-        if self._last_generation is not None:   # the generation's own cost, not the cache's
-            t.generation_seconds = self._last_generation
-        t.seconds = sum(d.seconds for d in t.decisions) + t.generation_seconds   # what the turn would cost alone
+        t.seconds = sum(d.seconds for d in t.decisions) + t.generation_seconds
         return t
-
-
-def _guard_cached(g: CachingGuarded):
-    """Wrap each history-free guard so equal inputs reuse its decision (and its time)."""
-    for lst in (g.input_guards, g.output_guards):
-        for i, guard in enumerate(lst):
-            if "memory" in guard.name:   # reads the conversation: its decision is not the message's alone
-                continue
-            lst[i] = _CachedGuard(guard, g.cache)
 
 
 class _CachedGuard:
@@ -141,9 +121,8 @@ def run_attacks(model, out, levels="all", attacks="all", secrets: int = 10, seed
     def guard_for(level, secret):
         key = (level, secret)
         if key not in guarded:
-            g = CachingGuarded(model, level, secret, judge=judge, max_new_tokens=max_new_tokens, cache=cache, log=log)
-            _guard_cached(g)
-            guarded[key] = g
+            guarded[key] = CachingGuarded(model, level, secret, judge=judge, max_new_tokens=max_new_tokens,
+                                          cache=cache, log=log)
         return guarded[key]
 
     try:
