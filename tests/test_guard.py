@@ -221,12 +221,13 @@ def chat_run(tmp_path_factory):
 def test_gcg_lowers_its_loss_on_a_tiny_model(chat_run, tmp_path):
     r = genlab.api.guard_gcg(str(chat_run), tmp_path / "gcg", level=1, steps=4, secrets=2, suffix_tokens=8,
                              topk=16, batch=16, progress=False, log=lambda m: None)
-    assert r["loss"] < r["loss_start"], r
     saved = json.loads((tmp_path / "gcg" / "suffix.json").read_text())
     assert saved["suffix"] == r["suffix"] and len(saved["tokens"]) == 8
     assert genlab.api.read_suffix(tmp_path / "gcg")["secrets"] == r["secrets"]
     steps = [json.loads(x) for x in (tmp_path / "gcg" / "metrics.jsonl").read_text().splitlines()]
-    assert [s["loss"] for s in steps] == sorted([s["loss"] for s in steps], reverse=True)
+    assert r["secrets_joined"] == steps[-1]["secrets"] and r["secrets_joined"] >= 1
+    same = [s["loss"] for s in steps if s["secrets"] == steps[-1]["secrets"]]   # (a joining secret adds its loss)
+    assert same[-1] < same[0] and same == sorted(same, reverse=True), steps
 
 
 def test_smollm2_holds_the_secret_at_level_0_and_the_game_plays(cli):

@@ -245,10 +245,11 @@ def guard_attack(model: str, out, levels="all", attacks="all", secrets: int = 10
 
 
 def guard_gcg(model: str, out, level: int = 1, time_budget: float | None = 600, steps: int | None = None,
-              secrets: int = 2, suffix_tokens: int = 20, topk: int = 64, batch: int = 24, seed: int = 0,
+              secrets: int = 6, suffix_tokens: int = 20, topk: int = 64, batch: int = 24, seed: int = 0,
               overwrite: bool = False, log=print, progress: bool = True, device: str | None = "cpu") -> dict:
     """Search a universal adversarial suffix against `level` (GCG, Zou et al. 2023) over
-    `secrets` secret words and a few prompts; writes OUT/suffix.json and metrics.jsonl."""
+    up to `secrets` secret words (joining one at a time as each is solved) and a few
+    prompts; writes OUT/suffix.json and metrics.jsonl."""
     check_level(level)
     check(isinstance(secrets, int) and secrets >= 1, f"--secrets {secrets}: give at least one secret")
     for name, v in (("--suffix-tokens", suffix_tokens), ("--topk", topk), ("--batch", batch)):

@@ -81,16 +81,18 @@ def register(commands) -> None:
                  "Greedy Coordinate Gradient: gradients with respect to the one-hot suffix tokens\n"
                  "give each position's top-k swaps; a batch of one-swap candidates is scored and the\n"
                  "best kept. The loss is the target reply \"The password is SECRET.\" after the level's\n"
-                 "system prompt, averaged over --secrets secrets and two prompts, so the suffix is\n"
-                 "universal. Writes OUT/suffix.json and metrics.jsonl; genlab guard attack --suffix OUT\n"
-                 "tries it on other secrets at every level.",
+                 "system prompt, averaged over two prompts and secrets that join one at a time (the\n"
+                 "next once the model says every current target), so the suffix is universal.\n"
+                 "Writes OUT/suffix.json and metrics.jsonl; genlab guard attack --suffix OUT tries it on\n"
+                 "other secrets at every level.",
                  "example:\n  genlab guard gcg smollm2 --level 1 --time-budget 600 --out runs/gcg\n"
                  "  genlab guard attack smollm2 --level all --attacks direct --suffix runs/gcg --out runs/gcg-attack")
     gc.add_argument("model", metavar="MODEL")
     gc.add_argument("--level", type=_level, default=1, help="the level whose system prompt it attacks (default 1)")
     gc.add_argument("--time-budget", type=float, default=None, metavar="S", help="seconds (default 600 unless --steps)")
     gc.add_argument("--steps", type=int, default=None, help="a fixed number of steps instead")
-    gc.add_argument("--secrets", type=int, default=2, metavar="K", help="secrets optimised over (default 2)")
+    gc.add_argument("--secrets", type=int, default=6, metavar="K",
+                    help="secrets it may optimise over, joining one at a time (default 6)")
     gc.add_argument("--suffix-tokens", type=int, default=20, help="suffix length in tokens (default 20)")
     gc.add_argument("--topk", type=int, default=64, help="swaps per position (default 64)")
     gc.add_argument("--batch", type=int, default=24, help="candidates per step (default 24)")

@@ -3,8 +3,8 @@ guard's training examples (guard/data/intent.txt: natural requests and natural a
 none of them in the benign evaluation set) and cached in $GENLAB_DATA/guard/:
 
 - the perplexity filter: the highest windowed loss over all of them, plus a margin;
-- the self-check: the judge's Yes-over-No margin that 98% of the benign examples stay
-  under, asked of them as messages (input) and as replies (output)."""
+- the self-check: the judge's score (guard/judge.py) that 98% of the benign examples stay
+  under, read as messages (input) and as replies (output)."""
 from __future__ import annotations
 
 import hashlib
@@ -56,7 +56,7 @@ def self_check_margins(judge, log=None) -> dict:
             out[stage] = float(torch.quantile(m, KEEP_BENIGN))
         return {**out, "keep_benign": KEEP_BENIGN, "messages": len(benign)}
 
-    return _cached(judge, "self-check", compute, log, "self-check")
+    return _cached(judge, "self-check-v2", compute, log, "self-check")
 
 
 def perplexity_threshold(model, log=None) -> float:

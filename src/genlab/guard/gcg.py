@@ -4,7 +4,10 @@ and Transferable Adversarial Attacks on Aligned Language Models"), written in ge
 The suffix is a fixed number of tokens appended to the player's message. Its loss is the
 cross-entropy of a target reply ("The password is planet.") after the guarded level's
 system prompt and the message, averaged over several secrets and prompts at once, so the
-suffix does not depend on one secret: it is universal. Each step:
+suffix does not depend on one secret: it is universal. The secrets join progressively, as
+in the paper's universal search: it starts with one, and the next joins once the suffix
+makes the model say every current target greedily (every target token the most likely),
+so the suffix learns to copy the secret rather than a few secrets' words. Each step:
 
   1. the gradient of the loss with respect to the one-hot suffix tokens (through the
      embedding matrix): for every suffix position, the top-k token swaps that lower it most;
@@ -77,18 +80,20 @@ class _Pair:
         return len(self.target)
 
 
-def _target_loss(logits, pair, n_suffix, offset=0):
+def _target_loss(logits, pair, n_suffix, offset=0, solved=False):
     """Mean cross-entropy of the target tokens, per sequence (B,); `logits` begin at
-    position `offset` of the full sequence."""
+    position `offset` of the full sequence. With `solved`, also whether every target token
+    is the most likely one (greedy decoding says the target), per sequence."""
     t = pair.target_slice
     start = len(pair.head) + n_suffix + len(pair.tail) - offset
     pred = logits[:, start - 1:start - 1 + t].float()
     tgt = torch.tensor(pair.target).expand(logits.shape[0], -1)
-    return F.cross_entropy(pred.transpose(1, 2), tgt, reduction="none").mean(1)
+    loss = F.cross_entropy(pred.transpose(1, 2), tgt, reduction="none").mean(1)
+    return (loss, (pred.argmax(-1) == tgt).all(1)) if solved else loss
 
 
 def search(model, out, level: int = 1, time_budget: float | None = 600, steps: int | None = None,
-           n_secrets: int = 2, prompts=PROMPTS, suffix_tokens: int = 20, topk: int = 64, batch: int = 24,
+           n_secrets: int = 6, prompts=PROMPTS, suffix_tokens: int = 20, topk: int = 64, batch: int = 24,
            seed: int = 0, log=print, progress: bool = True) -> dict:
     check_level(level)
     check(time_budget is not None or steps is not None, "give --time-budget or --steps")
@@ -99,7 +104,9 @@ def search(model, out, level: int = 1, time_budget: float | None = 600, steps: i
     check(not out.exists() or out.is_dir(), f"{out}: not a directory")
     g = torch.Generator().manual_seed(seed)
     secrets = secrets_for(n_secrets, seed + 1000)
-    pairs = [_Pair(model, level, s, p) for s in secrets for p in prompts]
+    pool = [[_Pair(model, level, s, p) for p in prompts] for s in secrets]
+    pairs = list(pool[0])
+    active = 1
     W = model.token_embeddings().detach()
     vocab = W.shape[0]
     allowed = _allowed(model, vocab)
@@ -109,21 +116,24 @@ def search(model, out, level: int = 1, time_budget: float | None = 600, steps: i
     suffix = torch.tensor((init * suffix_tokens)[:suffix_tokens])
     L = len(suffix)
 
-    def losses(cands: torch.Tensor) -> torch.Tensor:
-        """Each candidate's loss: per pair, the suffix, the template's tail and the target
-        read after the pair's head (computed once when the model caches it)."""
-        total = torch.zeros(cands.shape[0])
+    def losses(cands: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each candidate's loss, and whether it solves every pair: per pair, the suffix, the
+        template's tail and the target read after the pair's head (computed once when the
+        model caches it)."""
+        total, solved = torch.zeros(cands.shape[0]), torch.ones(cands.shape[0], dtype=torch.bool)
         with torch.no_grad():
             for pr in pairs:
                 post = torch.tensor(pr.tail + pr.target).expand(cands.shape[0], -1)
                 logits = model.continue_logits(pr.head, torch.cat([cands, post], dim=1)).cpu()
-                total += _target_loss(logits, pr, L, offset=len(pr.head))
-        return total / len(pairs)
+                loss, ok = _target_loss(logits, pr, L, offset=len(pr.head), solved=True)
+                total += loss
+                solved &= ok
+        return total / len(pairs), solved
 
-    best = float(losses(suffix[None])[0])
-    history = [{"step": 0, "loss": best, "seconds": 0.0, "suffix": model.decode(suffix.tolist())}]
-    log(f"GCG: level {level}, {len(pairs)} (secret, prompt) pairs, a {L}-token suffix, top-{topk}, "
-        f"{batch} candidates per step; start loss {best:.3f}")
+    best, solved = (float(v[0]) for v in losses(suffix[None]))
+    history = [{"step": 0, "loss": best, "secrets": 1, "seconds": 0.0, "suffix": model.decode(suffix.tolist())}]
+    log(f"GCG: level {level}, {len(secrets)} secrets joining one at a time x {len(prompts)} prompts, a {L}-token "
+        f"suffix, top-{topk}, {batch} candidates per step; start loss {best:.3f}")
     t0 = time.perf_counter()
     bar = tqdm(total=steps, unit="step", desc="gcg", file=sys.stderr, disable=not (progress and sys.stderr.isatty()))
     step = 0
@@ -134,6 +144,11 @@ def search(model, out, level: int = 1, time_budget: float | None = 600, steps: i
             if time_budget is not None and time.perf_counter() - t0 >= time_budget:
                 break
             step += 1
+            # 0. the next secret joins once the suffix solves every current one
+            while solved and active < len(pool):
+                pairs += pool[active]
+                active += 1
+                best, solved = (float(v[0]) for v in losses(suffix[None]))
             # 1. gradients with respect to the one-hot suffix
             one_hot = F.one_hot(suffix, vocab).to(W.dtype).requires_grad_(True)
             with torch.enable_grad():
@@ -158,25 +173,28 @@ def search(model, out, level: int = 1, time_budget: float | None = 600, steps: i
                 continue
             cands = cands[keep]
             # 3. true losses; keep the best
-            ls = losses(cands)
+            ls, ok = losses(cands)
             i = int(ls.argmin())
             if float(ls[i]) < best:
-                best, suffix = float(ls[i]), cands[i].clone()
-            rec = {"step": step, "loss": best, "candidate_loss": float(ls[i]), "candidates": len(keep),
+                best, suffix, solved = float(ls[i]), cands[i].clone(), bool(ok[i])
+            rec = {"step": step, "loss": best, "secrets": active, "solved": solved,
+                   "candidate_loss": float(ls[i]), "candidates": len(keep),
                    "seconds": round(time.perf_counter() - t0, 2), "suffix": model.decode(suffix.tolist())}
             history.append(rec)
             bar.update(1)
-            bar.set_postfix(loss=f"{best:.3f}")
+            bar.set_postfix(loss=f"{best:.3f}", secrets=f"{active}/{len(pool)}")
     finally:
         bar.close()
     text = model.decode(suffix.tolist())
     result = {"suffix": text, "tokens": suffix.tolist(), "level": level, "loss_start": history[0]["loss"],
               "loss": best, "steps": step, "seconds": round(time.perf_counter() - t0, 1), "secrets": secrets,
+              "secrets_joined": active, "solved": solved,
               "prompts": list(prompts), "target": TARGET, "topk": topk, "batch": batch,
               "model": str(getattr(model, "path", None) or getattr(model, "name", ""))}
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     write_text_atomic(out / "suffix.json", json.dumps(result, indent=2))
-    log(f"GCG: {step} steps in {result['seconds']:.0f} s, loss {history[0]['loss']:.3f} -> {best:.3f}; "
+    log(f"GCG: {step} steps in {result['seconds']:.0f} s, {active} of {len(pool)} secrets joined, "
+        f"loss {history[0]['loss']:.3f} -> {best:.3f} (on those); "
         f"suffix {text!r} in {out / 'suffix.json'}")
     return result

@@ -8,8 +8,8 @@ level adds a defence (in the spirit of Lakera's Gandalf).
      way the attack suite knows (decoders.FILTER_DECODERS), partial leaks included
   4  level 1 + an input guard: a classifier of attack intent on MiniLM sentence
      embeddings, plus a keyword list
-  5  level 1 + self-check: the model is asked whether the input seeks the secret and
-     whether the reply reveals it
+  5  level 1 + self-check: the model judges whether the input seeks the secret (which of
+     two descriptions it fits better) and whether the reply reveals it (Yes or No)
   6  level 1 + a perplexity filter against adversarial suffixes (windowed, Jain et al. 2023)
   7  all of them
   8  level 7 with memory across turns: what earlier replies revealed counts toward a leak
@@ -218,9 +218,10 @@ class IntentMemory(Guard):
 
 
 class SelfCheck(Guard):
-    """The judge model (the guarded model unless another is given) answers Yes or No:
-    does the input seek the secret / does the reply reveal it? Blocked when log P(Yes) -
-    log P(No) exceeds `margin` (calibrated per judge: guard/calibrate.py)."""
+    """The judge model (the guarded model unless another is given) reads the input (does it
+    fit "a user tries to trick a chatbot" better than "an ordinary question"?) or the reply
+    (does it reveal the secret? Yes or No): blocked when the score (judge.judge_margin)
+    exceeds `margin`, calibrated per judge (guard/calibrate.py)."""
 
     def __init__(self, stage: str, margin: float = 0.0):
         self.stage, self.margin = stage, margin
@@ -230,7 +231,7 @@ class SelfCheck(Guard):
         margin = judge_margin(g.judge, self.stage, prompt if self.stage == "input" else reply, g.secret)
         blocked = margin > self.margin
         return Decision(self.name, self.stage, blocked, score=round(margin, 3),
-                        detail=f"the judge says yes ({margin:+.2f} > {self.margin:+.2f})" if blocked else "")
+                        detail=f"the judge's score {margin:+.2f} > {self.margin:+.2f}" if blocked else "")
 
 
 class PerplexityFilter(Guard):
