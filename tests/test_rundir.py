@@ -42,6 +42,45 @@ def test_atomic_write_that_fails_keeps_the_old_file(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_a_full_disk_is_one_clear_error_and_keeps_the_old_file(tmp_path):
+    import errno
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"the good old weights")
+    with pytest.raises(GenlabError, match="model.safetensors: cannot write it .*unchanged"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half a new fi")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert target.read_bytes() == b"the good old weights" and _leftovers(tmp_path) == []
+
+
+def test_writes_are_durable_the_file_then_the_folder_is_flushed(tmp_path, monkeypatch):
+    """fsync before the rename (the new contents are on disk before its name points at them)
+    and of the folder after it (the rename itself survives a power cut)."""
+    from genlab.util import io
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(io.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")
+                                                                   if os.path.exists("/proc/self/fd") else fd)),
+                                                    real_fsync(fd)))
+    monkeypatch.setattr(io.os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b)))
+    write_bytes_atomic(tmp_path / "w.bin", b"weights")
+    kinds = [e[0] for e in events]
+    assert kinds == ["fsync", "replace", "fsync"], events
+    if os.path.exists("/proc/self/fd"):
+        assert events[0][1].endswith(".tmp") and events[2][1] == str(tmp_path)
+    # a finished directory (an adapter, a converted model) replaces the old one whole
+    from genlab.util.io import replace_tree
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "old.txt").write_text("old")
+    (tmp_path / "adapter.partial").mkdir()
+    (tmp_path / "adapter.partial" / "new.txt").write_text("new")
+    events.clear()
+    replace_tree(tmp_path / "adapter.partial", tmp_path / "adapter")
+    assert [p.name for p in (tmp_path / "adapter").iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "w.bin"]
+    assert [e[0] for e in events] == ["fsync", "fsync"], events     # the file, then the folder
+
+
 def test_atomic_files_get_the_usual_permissions(tmp_path):
     old = os.umask(0o022)
     try:

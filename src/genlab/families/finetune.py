@@ -42,6 +42,7 @@ from ..train.finetune import EVAL_BATCH, DPOTask, SFTTask, Trainable
 from ..train.lm import LMTask
 from ..train.loop import IterConfig, fit_iters
 from ..util.errors import GenlabError, check
+from ..util.io import replace_tree
 from ..util.options import Opt, above, at_least, in_range, validate_all
 from ..util.version import __version__
 from .base import Family, load, register
@@ -199,8 +200,7 @@ def _save_adapter(peft_model, run, config) -> None:
     d = json.loads(cfg_path.read_text())
     d["base_model_name_or_path"] = _base_path(config["base"])
     cfg_path.write_text(json.dumps(d, indent=2))
-    shutil.rmtree(run.path / "adapter", ignore_errors=True)
-    tmp.rename(run.path / "adapter")
+    replace_tree(tmp, run.path / "adapter")
 
 
 def _base_path(record) -> str:

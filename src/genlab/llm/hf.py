@@ -36,6 +36,7 @@ from ..runs import RunDir
 from ..util.device import resolve_device
 from ..util.errors import GenlabError, check as _check
 from ..util.hf import quiet_transformers
+from ..util.io import replace_tree
 from ..util.memory import available_memory, check_memory  # noqa: F401 (re-exported)
 from .chat import ChatTemplate
 from .generate import TextModel, read_eval_file
@@ -114,8 +115,7 @@ def builtin_dir(name: str, log=print) -> Path:
     (tmp / "genlab-source.json").write_text(json.dumps(
         {"model": spec["title"], "package": f"{spec['package']}=={spec['version']}",
          "file": spec["file"], "license": spec["license"]}, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    replace_tree(tmp, out)
     log(f"{name}: ready ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
     return out
 

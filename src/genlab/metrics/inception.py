@@ -36,6 +36,7 @@ from safetensors.torch import load_file
 
 from ..errors import GenlabError
 from ..runs import state_mismatch
+from ..util.io import fsync_dir, fsync_file
 
 INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -406,7 +407,9 @@ def download_inception(dest) -> Path:
                 raise GenlabError(
                     f"cannot download the Inception weights from {INCEPTION_URL} "
                     f"({_one_line(e)})") from None
+        fsync_file(tmp)
         os.replace(tmp, dest)
+        fsync_dir(dest.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

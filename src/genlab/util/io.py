@@ -1,10 +1,13 @@
-"""Atomic file writes: a temporary file in the same directory, then a rename, so an
-interrupted write never leaves a half-written file behind and a failing command never
-damages what is already there."""
+"""Atomic, durable file writes: a temporary file in the same directory, flushed to the disk
+(fsync), then a rename, then the directory flushed, so an interrupted write -- a crash, a
+kill -9, a power cut -- never leaves a half-written or empty file behind, and a failing
+command never damages what is already there. A full disk is one clear error."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,13 +26,62 @@ def atomic_path(path: str | os.PathLike):
         raise GenlabError(f"{path}: cannot write there ({e.strerror or e})") from None
     os.close(fd)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
-        os.replace(tmp, path)
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
+            fsync_file(tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+                raise GenlabError(f"{path}: cannot write it ({e.strerror}); what was there before is unchanged") \
+                    from None
+            raise
+        fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def fsync_file(path) -> None:
+    """Flush a written file's contents to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path) -> None:
+    """Flush a directory's entries (a rename into it) to the disk, where the platform can."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:          # e.g. Windows cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_tree(tmp, dest) -> Path:
+    """Put the finished directory `tmp` at `dest` durably: every file in it flushed, the old
+    `dest` (if any) moved aside before the rename and removed after, so at every moment one
+    complete copy exists (`dest`, or `dest.old` between the two renames)."""
+    tmp, dest = Path(tmp), Path(dest)
+    for root, _, files in os.walk(tmp):
+        for f in files:
+            fsync_file(os.path.join(root, f))
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    fsync_dir(dest.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
 
 
 def check_writable(path) -> None:
