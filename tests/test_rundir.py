@@ -2,6 +2,7 @@
 config or are corrupt -- always a GenlabError, never damage to what is on disk."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -31,26 +32,20 @@ def test_atomic_writes_leave_no_temp_files(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.bin", "b.json", "sub"]
 
 
-def test_atomic_write_that_fails_keeps_the_old_file(tmp_path):
+@pytest.mark.parametrize("failure, expect", [
+    (RuntimeError("disk full"), (RuntimeError, "disk full")),                       # any failure mid-write
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),                               # a full disk: one line
+     (GenlabError, "model.safetensors: cannot write it .*unchanged")),
+])
+def test_atomic_write_that_fails_keeps_the_old_file(tmp_path, failure, expect):
     target = tmp_path / "model.safetensors"
     target.write_bytes(b"the good old weights")
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(expect[0], match=expect[1]):
         with atomic_path(target) as tmp:
             tmp.write_bytes(b"half a new fi")
-            raise RuntimeError("disk full")
+            raise failure
     assert target.read_bytes() == b"the good old weights"
     assert _leftovers(tmp_path) == []
-
-
-def test_a_full_disk_is_one_clear_error_and_keeps_the_old_file(tmp_path):
-    import errno
-    target = tmp_path / "model.safetensors"
-    target.write_bytes(b"the good old weights")
-    with pytest.raises(GenlabError, match="model.safetensors: cannot write it .*unchanged"):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half a new fi")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    assert target.read_bytes() == b"the good old weights" and _leftovers(tmp_path) == []
 
 
 def test_writes_are_durable_the_file_then_the_folder_is_flushed(tmp_path, monkeypatch):
