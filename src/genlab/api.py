@@ -226,8 +226,8 @@ def guard_attack(model: str, out, levels="all", attacks="all", secrets: int = 10
                  suffix=None, benign: int | None = None, max_new_tokens: int = 64, judge: str | None = None,
                  overwrite: bool = False, log=print, progress: bool = True, device: str | None = "cpu") -> dict:
     """Every attack of the suite against every chosen level for `secrets` secret words, and
-    the benign set at every level; writes attempts.jsonl, benign.jsonl, summary.json and
-    report.md into `out` and returns the summary. `suffix`: a `guard gcg` output (its
+    the benign set at every level; writes attempts.jsonl, benign.jsonl, summary.json,
+    report.md and report.png (the table as a heatmap) into `out` and returns the summary. `suffix`: a `guard gcg` output (its
     directory or suffix.json) whose suffix joins the suite as the attack "gcg"."""
     _greport.parse_levels(levels)
     _attacks.select(attacks)

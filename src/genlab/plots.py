@@ -50,16 +50,31 @@ def save_array(images: torch.Tensor, path) -> Path:
     return path
 
 
+def _pyplot():
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib  # heavy (~0.5 s): only when a plot is drawn
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save_figure(fig, path) -> Path:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
 def save_loss_plot(records: list[dict], path, keys=("train_loss", "test_loss"), title: str = "",
                    labels: dict | None = None, ylabel: str = "loss", x: str = "epoch",
                    kinds: tuple = ("epoch",)) -> Path | None:
     """Plot losses from metrics records: `keys` against `x` (epoch, or iter for language
     models), from the records of the given `kinds`."""
     labels = labels or {}
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib  # heavy (~0.5 s): only when a plot is drawn
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rows = [r for r in records if x in r and r.get("kind", "epoch") in kinds]
     if not rows:
@@ -76,9 +91,32 @@ def save_loss_plot(records: list[dict], path, keys=("train_loss", "test_loss"), 
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
+
+
+def save_heatmap(values, rows: list, cols: list, path, title: str = "", labels=None, vmax: float = 1.0,
+                 xlabel: str = "", ylabel: str = "") -> Path:
+    """A table of rates as a heatmap: values[i][j] in [0, vmax] (None: an empty cell), with
+    each cell's text from labels[i][j] (default: the value as a percentage)."""
+    plt = _pyplot()
+
+    arr = np.array([[np.nan if v is None else float(v) for v in r] for r in values], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(cols) + 2.5), max(2.5, 0.45 * len(rows) + 1.8)), dpi=110)
+    im = ax.imshow(np.ma.masked_invalid(arr), cmap="Reds", vmin=0, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols], rotation=55, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows], fontsize=8)
+    for i in range(arr.shape[0]):
+        for j in range(arr.shape[1]):
+            if np.isnan(arr[i, j]):
+                continue
+            text = labels[i][j] if labels else f"{arr[i, j]:.0%}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="white" if arr[i, j] > 0.6 * vmax else "black")
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
+    return _save_figure(fig, path)

@@ -54,14 +54,15 @@ def register(commands) -> None:
     ak.add_argument("--json", action="store_true", help="the reply and every guard's decision as JSON")
     ak.set_defaults(func=_ask)
 
-    at = command(actions, "attack", "run the attack suite against levels; write attempts.jsonl and report.md",
+    at = command(actions, "attack", "run the attack suite against levels; write attempts.jsonl, report.md and report.png",
                  "Every attack against every chosen level for K secrets (the shipped word list,\n"
                  "shuffled by --seed), plus the benign set (ordinary requests, some about passwords\n"
                  "for honest reasons) at every level. A leak is counted when any decoder of the suite\n"
                  "recovers the secret from what the player saw (the scorer never asks the guards).\n"
                  "Writes OUT/attempts.jsonl (one line per attempt), benign.jsonl, summary.json and\n"
                  "report.md (success rate per level x attack with 95% Wilson intervals, partial\n"
-                 "leaks, benign refusals, utility, latency).\n\nattacks: " +
+                 "leaks, benign refusals, utility, latency), and report.png (the same table as a\n"
+                 "heatmap).\n\nattacks: " +
                  ", ".join(a.name for a in api.GUARD_ATTACKS) + " (and gcg, with --suffix)")
     at.add_argument("model", metavar="MODEL")
     at.add_argument("--level", type=str, default="all", help="N, N,M,... or all (default)")
@@ -175,7 +176,8 @@ def _attack(a) -> int:
                          overwrite=a.overwrite, log=note, device=a.device)
     from pathlib import Path
     print((Path(a.out) / "report.md").read_text(), end="")
-    note(f"{sum(c['n'] for lv in s['levels'].values() for c in lv['attacks'].values())} attempts in {a.out}/attempts.jsonl")
+    note(f"{sum(c['n'] for lv in s['levels'].values() for c in lv['attacks'].values())} attempts in "
+         f"{a.out}/attempts.jsonl; the table as a picture: {a.out}/report.png")
     return 0
 
 

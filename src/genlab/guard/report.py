@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..plots import save_heatmap
 from ..util.errors import check
 from ..util.io import write_text_atomic
 from .attacks import Attack, play, secrets_for, select, suffix_attack
@@ -149,6 +150,7 @@ def run_attacks(model, out, levels="all", attacks="all", secrets: int = 10, seed
     summary["secrets"] = words
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     write_text_atomic(out / "report.md", markdown(summary))
+    plot(summary, out / "report.png")
     return summary
 
 
@@ -185,6 +187,25 @@ def summarise(attempts, benign_rows, levels, attack_names, k) -> dict:
         }
     return {"levels": {str(k_): v for k_, v in per.items()}, "attack_names": attack_names, "k": k,
             "benign": len({r["prompt"] for r in benign_rows})}
+
+
+def plot(s: dict, path) -> Path:
+    """report.png: the attack-success rate per level x attack (full leaks; the cell says
+    leaks/K, with "+p" for partial leaks on top), and the benign refusal rate beside it."""
+    names = s["attack_names"]
+    levels = list(s["levels"])
+    values, labels = [], []
+    for lv in levels:
+        r = s["levels"][lv]
+        row = [r["attacks"][a]["rate"] for a in names] + [r["benign_refusal_rate"]]
+        lab = [f"{c['leaks']}" + (f"+{c['partial']}" if c["partial"] else "") for c in
+               (r["attacks"][a] for a in names)]
+        lab.append("" if r["benign_refusal_rate"] is None else f"{r['benign_refusal_rate']:.0%}")
+        values.append(row)
+        labels.append(lab)
+    return save_heatmap(values, [f"level {lv}" for lv in levels], names + ["benign refused"], path, labels=labels,
+                        title=f"{s.get('model', '')}: leaks of {s['k']} secrets per level and attack "
+                              f"(+partial); colour = full-leak rate")
 
 
 def markdown(s: dict) -> str:
