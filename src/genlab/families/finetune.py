@@ -13,7 +13,10 @@ the new base). The data decides the objective:
   - a corpus (shakespeare, austen, kjv, text:PATH): next-token loss on the text;
   - JSONL instructions: the same loss on the reply tokens only, laid out with the model's
     chat template;
-  - JSONL preference pairs: DPO against the frozen starting model (the reference).
+  - JSONL preference pairs: DPO against the frozen starting model (the reference);
+  - with --reward RUN (a reward model), prompts (a .txt file, one per line, or JSONL with a
+    "prompt" field): RLHF's RL step, RLOO against the reward model with a KL penalty to the
+    starting model (train/rlhf.py).
 --method full trains every weight; --method lora trains a low-rank change W + (alpha/r) BA
 through `peft`, and the adapter is also saved in PEFT's format (RUN/adapter/), so other
 tools load it. The run directory keeps the genlab contract: config.json, model.safetensors
@@ -22,11 +25,13 @@ loss), last.safetensors + state.pt (--resume), metrics.jsonl, loss.png.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 from ..data.text import CORPORA
@@ -34,6 +39,7 @@ from ..llm import data as ftdata
 from ..llm.data import encoded
 from ..llm.hf import CausalLM, HFModel, chat_template_for, check_memory, classify, load_pretrained, models_dir
 from ..llm.lora import LORA, lora_wrap
+from ..llm.sample import chat_prompt
 from ..models.layers import in_out
 from ..plots import save_loss_plot
 from ..runs import RunDir
@@ -41,12 +47,14 @@ from ..train.engine import Engine
 from ..train.finetune import EVAL_BATCH, DPOTask, SFTTask, Trainable
 from ..train.lm import LMTask
 from ..train.loop import IterConfig, fit_iters
+from ..train.rlhf import RLOOTask, reply_logprobs
 from ..util.errors import GenlabError, check
 from ..util.io import replace_tree
 from ..util.options import Opt, above, at_least, in_range, validate_all
 from ..util.version import __version__
 from .base import Family, load, register
 from .lm import STEP_OPTIONS
+from .reward import RewardModel
 
 METHODS = ("full", "lora")
 CORPUS = "lm"  # the objective on a corpus: next-token loss (the other two: "sft", "dpo")
@@ -59,6 +67,10 @@ COMMON = {"batch_size": 4, "grad_accum": 1, "block_size": 256, "max_iters": None
           "warmup_iters": 10, "eval_interval": 50, "log_interval": 10, "grad_clip": 1.0,
           "schedule": "cosine", "min_lr": None, "beta": 0.1, "dtype": "float32", "eval_examples": 64,
           "grad_checkpoint": False}
+# RLHF (--reward): RLOO's settings, measured on SmolLM2-135M (benchmarks/rlhf.py).
+RL_LR = {"full": 1e-5, "lora": 5e-4}
+RL = {"samples": 4, "kl_coef": 0.05, "kl_target": None, "length_penalty": 0.0, "max_new_tokens": 48,
+      "temperature": 1.0}
 LORA_OPTIONS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules"}
 
 
@@ -126,8 +138,11 @@ def load_adapter(folder, base: str | None = None, log=print, device="cpu") -> HF
 
 # -- data to token ids ------------------------------------------------------------------------
 
-def _objective(data: str, on_error: str, warn):
-    """(CORPUS, corpus name) or ("sft"|"dpo", examples) for --data."""
+def _objective(data: str, on_error: str, warn, reward=None):
+    """(CORPUS, corpus name), ("sft"|"dpo", examples) or, with a reward model, ("rlhf",
+    prompts) for --data."""
+    if reward is not None:
+        return "rlhf", ftdata.read_prompts(data, on_error=on_error, warn=warn)
     if data in CORPORA or data.startswith("text:"):
         return CORPUS, data
     check(data.endswith(".jsonl") or Path(data).is_file(),
@@ -176,6 +191,8 @@ def _prepare(config, base, tok, template, payload, engine, log):
                           eval_batch=EVAL_BATCH, **kw)
     train, val = ftdata.split(payload)
     val = val[:t["eval_examples"]]
+    if objective == "rlhf":
+        return lm, _rl_task(config, model, lm, tok, template, train, val, pad_id, engine, kw, log)
     if objective == "sft":
         enc = lambda e: ftdata.encode_pair(tok, template, e["system"], e["messages"], t["block_size"])  # noqa: E731
         return lm, SFTTask(lm, [enc(e) for e in train], [enc(e) for e in val], pad_id=pad_id, **kw)
@@ -190,6 +207,51 @@ def _prepare(config, base, tok, template, payload, engine, log):
     log(f"DPO: scoring {len(train) + len(val)} pairs with the reference model once ...")
     return lm, DPOTask(lm, [pair(e) for e in train], [pair(e) for e in val], pad_id=pad_id,
                        beta=t["beta"], **kw)
+
+
+def _rl_task(config, model, lm, tok, template, train, val, pad_id, engine, kw, log):
+    """RLOO against the run's reward model; the reference is the starting model (the base
+    with the LoRA adapter switched off, or a frozen copy for a full fine-tune)."""
+    t = config["train"]
+    rm = RewardModel(config["data"]["reward"])
+    if config["method"] == "lora":
+        def reference(seqs):
+            with model.disable_adapter():
+                return _logprobs(lm, seqs, pad_id, engine)
+    else:
+        frozen = CausalLM(copy.deepcopy(model).requires_grad_(False).eval())
+
+        def reference(seqs):
+            return _logprobs(frozen, seqs, pad_id, engine)
+    policy = HFModel(model, tok, config["base"]["spec"], template=template, device=str(engine.device))
+    _check_prompts_fit(policy, train + val, t["max_new_tokens"])
+    log(f"RLHF (RLOO): {t['samples']} replies per prompt, KL coefficient {t['kl_coef']}"
+        + (f" adapted towards {t['kl_target']} nats per reply" if t["kl_target"] else "")
+        + f"; {len(train)} training prompts, {len(val)} held out; reward model {rm.path}")
+    return RLOOTask(lm, policy, train, val, rm.score, reference, pad_id=pad_id, samples=t["samples"],
+                    kl_coef=t["kl_coef"], kl_target=t["kl_target"], length_penalty=t["length_penalty"],
+                    max_new_tokens=t["max_new_tokens"], temperature=t["temperature"], **kw)
+
+
+def _check_prompts_fit(model: HFModel, prompts: list, max_new_tokens: int) -> None:
+    room = model.context - max_new_tokens
+    for p in prompts:
+        n = len(model.encode_prompt(chat_prompt(model, p)))
+        check(n <= room, f"the prompt '{p[:60]}' takes {n} tokens in the chat layout; with --max-new-tokens "
+                         f"{max_new_tokens} it does not fit the model's context of {model.context} tokens")
+
+
+def _logprobs(lm, seqs, pad_id, engine):
+    was = lm.training
+    lm.eval()
+    try:
+        with torch.no_grad():
+            out = []
+            for i in range(0, len(seqs), 8):
+                out.append(reply_logprobs(lm, seqs[i:i + 8], pad_id, engine)[0])
+            return torch.cat(out)
+    finally:
+        lm.train(was)
 
 
 def _save_adapter(peft_model, run, config) -> None:
@@ -307,6 +369,17 @@ class FinetuneFamily(Family):
         next(o for o in STEP_OPTIONS if o.name == "weight_decay").but(help="AdamW weight decay (default 0)"),
         next(o for o in STEP_OPTIONS if o.name == "grad_clip"),
         Opt("beta", float, check=above(0), help="DPO: strength of the tie to the reference (0.1)"),
+        Opt("reward", str, metavar="RUN",
+            help="a reward model (genlab reward train): RLHF's RL step (RLOO) against it; --data is then "
+                 "the prompts, a .txt file (one per line) or JSONL with a 'prompt' field"),
+        Opt("samples", int, check=at_least(2), help="RLHF: replies sampled per prompt, RLOO's group (default 4)"),
+        Opt("kl_coef", float, check=at_least(0),
+            help="RLHF: weight of the KL penalty to the starting model, per nat (default 0.05)"),
+        Opt("kl_target", float, check=above(0),
+            help="RLHF: adapt --kl-coef towards this KL (nats per reply); default: fixed"),
+        Opt("length_penalty", float, check=at_least(0), help="RLHF: reward taken off per reply token (default 0)"),
+        Opt("max_new_tokens", int, check=at_least(1), help="RLHF: longest sampled reply, tokens (default 48)"),
+        Opt("temperature", float, check=above(0), cli=False),
         Opt("grad_checkpoint", bool, help="recompute activations in the backward pass: less memory, ~30%% more time"),
         Opt("dtype", str, choices=("float32", "bfloat16"), what="dtype", help="autocast (default float32)"),
         Opt("schedule", str, choices=("cosine", "constant"), what="schedule", cli=False),
@@ -346,7 +419,7 @@ class FinetuneFamily(Family):
         return super().stored(config, key)
 
     def same(self, config, key, value):
-        if key in ("model", "data") and Path(str(value)).exists():
+        if key in ("model", "data", "reward") and Path(str(value)).exists():
             return str(Path(value).resolve()) == str(self.stored(config, key))
         if key == "lora":
             return all((config.get("lora") or {}).get(k) == v for k, v in value.items() if v is not None)
@@ -368,12 +441,23 @@ class FinetuneFamily(Family):
         check(not (run.is_run() and not o.get("overwrite")),
               f"{run.path}: a run already exists here (use --resume to continue it, --overwrite to replace it, "
               "or another --out)")
-        objective, payload = _objective(o["data"], o["on_error"], warn)  # bad data stops us before anything is written
+        given_rl = sorted(k for k in RL if k in o)
+        check(o.get("reward") is not None or not given_rl,
+              f"--{', --'.join(k.replace('_', '-') for k in given_rl)}: RLHF settings, for a run with --reward RUN")
+        objective, payload = _objective(o["data"], o["on_error"], warn, o.get("reward"))  # bad data stops us first
         t["objective"] = objective
+        reward = None
+        if objective == "rlhf":
+            reward = str(RewardModel(o["reward"]).path.resolve())   # not a reward model: stops here
+            t.update({k: o.get(k, v) for k, v in RL.items()})
+            if "lr" not in o:
+                t["lr"] = RL_LR[method]
         engine = Engine.create(o.get("device"), t["dtype"])
         base, tok, template, record = load_base(o["model"], log, factor=1.3)
         params = sum(p.numel() for p in base.parameters())
         check_memory(_memory_need(params, method, t, base.config), f"a {method} fine-tune of {o['model']}")
+        if objective == "rlhf":    # (before anything is written)
+            _check_prompts_fit(HFModel(base, tok, o["model"], template=template), payload, t["max_new_tokens"])
         run.prepare_new(overwrite=o.get("overwrite", False))
         if o.get("overwrite") and (run.path / "last.safetensors").exists():
             (run.path / "last.safetensors").unlink()
@@ -381,7 +465,8 @@ class FinetuneFamily(Family):
         config = {"family": self.name, "genlab_version": __version__, "base": record, "method": method,
                   "lora": lora if method == "lora" else None,
                   "data": {"source": data if objective == CORPUS else str(Path(data).resolve()),
-                           "objective": objective, "on_error": o["on_error"]},
+                           "objective": objective, "on_error": o["on_error"],
+                           **({"reward": reward} if reward else {})},
                   "train": {**t, "seed": o["seed"]}, "chat_template": template.to_dict()}
         run.write_config(config)
         log(f"fine-tuning {o['model']} ({params / 1e6:.1f}M parameters, method {method}, objective {objective}) "
@@ -399,7 +484,9 @@ class FinetuneFamily(Family):
               f"{run.path}: its base model {config['base']['spec']} has changed since the run began")
         d = config["data"]
         payload = d["source"]
-        if d["objective"] != CORPUS:
+        if d["objective"] == "rlhf":
+            _, payload = _objective(d["source"], d["on_error"], warn, d["reward"])
+        elif d["objective"] != CORPUS:
             kind, payload = ftdata.read_jsonl(d["source"], on_error=d["on_error"], warn=warn)
             check(kind == d["objective"], f"{d['source']}: now holds {kind} data, but the run trains {d['objective']}")
         run.write_config(config)

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from ..encoders import EMBEDDER, Embedder
 from ..llm import data as ftdata
-from ..llm.hf import CausalLM, HFModel
+from ..llm.hf import CausalLM
+from ..llm.sample import sample_responses
 from ..runs import RunDir
 from ..train.engine import Engine
 from ..train.finetune import sequence_logprobs
@@ -119,58 +120,6 @@ class RewardModel:
 
 
 # -- comparing two models under the reward model -------------------------------------------------
-
-@torch.no_grad()
-def sample_responses(model, prompts: list, max_new_tokens: int = 48, seed: int = 0, batch: int = 16,
-                     temperature: float = 1.0) -> tuple[list, list]:
-    """One reply per prompt (laid out with the model's chat template), sampled in batches
-    with plain sampling at `temperature`. Returns (replies, (prompt ids, reply ids))."""
-    check(isinstance(model, HFModel), "sampling in batches needs a Hugging Face model")
-    tok, hf = model.tokenizer, model.model
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    texts, seqs = [], []
-    g = torch.Generator().manual_seed(seed)
-    for i in range(0, len(prompts), batch):
-        chunk = [model.encode_prompt(_chat_prompt(model, p))
-                 for p in prompts[i:i + batch]]
-        T = max(len(c) for c in chunk)
-        ids = torch.tensor([[pad] * (T - len(c)) + c for c in chunk])          # left padding
-        mask = torch.tensor([[0] * (T - len(c)) + [1] * len(c) for c in chunk])
-        done = torch.zeros(len(chunk), dtype=torch.bool)
-        out = [[] for _ in chunk]
-        cache, cur, pos = None, ids, (mask.cumsum(-1) - 1).clamp(min=0)
-        for _ in range(max_new_tokens):
-            o = hf(input_ids=cur, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
-            cache = o.cache
-            probs = torch.softmax(o.logits[:, -1].float() / temperature, -1)
-            nxt = torch.multinomial(probs, 1, generator=g).squeeze(-1)
-            for j, t in enumerate(nxt.tolist()):
-                if not done[j]:
-                    if t in model.eos:
-                        done[j] = True
-                    else:
-                        out[j].append(t)
-            if bool(done.all()):
-                break
-            cur = nxt.unsqueeze(-1)
-            mask = torch.cat([mask, torch.ones(len(chunk), 1, dtype=mask.dtype)], 1)
-            pos = pos[:, -1:] + 1
-        for c, o_ in zip(chunk, out):
-            texts.append(_cut(model, model.decode(o_)))
-            seqs.append((c, o_))
-    return texts, seqs
-
-
-def _chat_prompt(model, prompt: str) -> str:
-    chat = model.new_chat()
-    chat.add("user", prompt)
-    return chat.prompt()
-
-
-def _cut(model, text: str) -> str:
-    stop = getattr(model.template, "stop", None)
-    return (text.split(stop)[0] if stop else text).strip()
-
 
 @torch.no_grad()
 def completion_logprobs(model, seqs: list, batch: int = 8) -> torch.Tensor:

@@ -142,3 +142,44 @@ class _HFTokenizer:
 def encoded(corpus: str, tok, log) -> dict:
     """The splits of `corpus` in a transformers tokenizer's ids (cached like genlab's own)."""
     return encoded_corpus(load_corpus(corpus), _HFTokenizer(tok), log=log)
+
+
+def read_prompts(path, on_error: str = "stop", warn=None) -> list:
+    """The prompts RLHF samples replies to: a text file with one prompt per line (blank
+    lines ignored), or a JSONL file whose lines each hold a non-empty "prompt" string
+    (instruction and preference files qualify). A bad JSONL line is reported with its
+    number (skipped with on_error="skip")."""
+    if on_error not in ("stop", "skip"):
+        raise GenlabError(f"--on-error must be stop or skip, not '{on_error}'")
+    p = Path(path)
+    if not p.is_file():
+        raise GenlabError(f"{p}: no such file (RLHF's --data is a file of prompts)")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise GenlabError(f"{p}: not UTF-8 text ({e})") from None
+    if p.suffix != ".jsonl":
+        out = [line.strip() for line in lines if line.strip()]
+    else:
+        out, skipped = [], []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise _bad(p, n, f"not valid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(obj, dict):
+                    raise _bad(p, n, "not a JSON object")
+                out.append(_text(obj, "prompt", p, n).strip())
+            except GenlabError as e:
+                if on_error == "stop":
+                    raise GenlabError(f"{e} (--on-error skip leaves such lines out)") from None
+                skipped.append(n)
+        if skipped and warn:
+            warn(f"{p}: skipped {len(skipped)} bad line(s): {', '.join(map(str, skipped[:10]))}"
+                 + (" ..." if len(skipped) > 10 else ""))
+    if len(out) < 2:
+        raise GenlabError(f"{p}: needs at least 2 prompts, found {len(out)}")
+    return out

@@ -1,0 +1,168 @@
+"""RLHF's RL step (train/rlhf.py, `genlab finetune --reward RUN`): RLOO's advantages and the
+adaptive KL controller by hand; on a small char-level GPT taught two ways of answering, RL
+against a reward model that prefers one of them makes the model answer that way (the
+reward model's score of fresh samples rises); sampled reply ids end where the reply does;
+bit-exact resume with an adapting KL coefficient; bad input as one line, nothing written."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import genlab
+from conftest import _assert_same_weights, _expect_user_error
+from genlab.api import finetune
+from genlab.families.reward import RewardModel, train_reward
+from genlab.llm.sample import sample_responses
+from genlab.train.rlhf import AdaptiveKL, rloo_advantages
+from genlab.util.errors import GenlabError
+
+quiet = dict(log=lambda *a: None)
+TINY = dict(recipe="nanogpt", n_layer=2, n_head=2, n_embd=64, block_size=128, batch_size=16,
+            lr=5e-3, warmup_iters=20, eval_interval=100, log_interval=25)
+FT = dict(progress=False, block_size=128, eval_examples=16, **quiet)
+WORDS = ("the sea,the king,bread,wine,fire,gold,a river,the moon,a tree,the wind,rain,a stone,the field,"
+         "the night,the sun,a star,the earth,war,peace,love,a horse,the crown,a sword,the queen,a ship,"
+         "the hill,a rose,the sky,a lamb,the town").split(",")
+PROMPTS = [f"Speak of {w}." for w in WORDS]
+
+
+def thou(w):
+    return f"Thou speakest of {w}, and I hear thee."
+
+
+def you(w):
+    return f"You talk about {w} and I listen to you."
+
+
+# -- the pieces, by hand ------------------------------------------------------------------------
+
+def test_rloo_advantage_is_the_return_minus_the_mean_of_the_others():
+    r = torch.tensor([[1.0, 2.0, 3.0, 6.0], [5.0, 5.0, 5.0, 5.0]])
+    a = rloo_advantages(r)
+    assert torch.allclose(a[0], torch.tensor([1 - 11 / 3, 2 - 10 / 3, 3 - 9 / 3, 6 - 6 / 3]))
+    assert torch.equal(a[1], torch.zeros(4))                # all replies equal: nothing to learn
+    assert torch.allclose(a.sum(1), torch.zeros(2), atol=1e-6)
+    with pytest.raises(GenlabError, match="at least 2"):
+        rloo_advantages(torch.ones(3, 1))
+
+
+def test_adaptive_kl_moves_towards_its_target_by_at_most_a_fifth_per_horizon():
+    fixed = AdaptiveKL(0.1)
+    fixed.update(50.0, 1000)
+    assert fixed.coef == 0.1
+    up, down = AdaptiveKL(0.1, target=2.0, horizon=100), AdaptiveKL(0.1, target=2.0, horizon=100)
+    up.update(20.0, 10)                                     # 10x the target: clipped to +20%, x 10/100
+    down.update(1.0, 10)                                    # half the target: -50% clipped to -20%
+    assert up.coef == pytest.approx(0.1 * (1 + 0.2 * 0.1))
+    assert down.coef == pytest.approx(0.1 * (1 - 0.2 * 0.1))
+
+
+# -- a policy with two ways of answering, a reward model that prefers one -----------------------
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(SFT run, reward-model run, prompts file): a char GPT trained on Shakespeare, then
+    taught to answer "Speak of X." both ways (a third of its samples start "Thou"), and a
+    Bradley-Terry reward model that prefers the "Thou" way."""
+    d = tmp_path_factory.mktemp("rlhf")
+    genlab.train("lm", corpus="shakespeare", out=d / "base", max_iters=300, progress=False, **quiet, **TINY)
+    rows = [json.dumps({"prompt": p, "response": f(w)}) for p, w in zip(PROMPTS, WORDS) for f in (thou, you)]
+    (d / "sft.jsonl").write_text("\n".join(rows) + "\n")
+    finetune(str(d / "base"), str(d / "sft.jsonl"), d / "sft", method="full", max_iters=100, lr=1e-3,
+             eval_interval=50, log_interval=50, **FT)
+    prefs = [json.dumps({"prompt": p, "chosen": thou(w), "rejected": you(w)}) for p, w in zip(PROMPTS, WORDS)]
+    (d / "prefs.jsonl").write_text("\n".join(prefs) + "\n")
+    train_reward(d / "prefs.jsonl", d / "rm", **quiet)
+    (d / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    return d / "sft", d / "rm", d / "prompts.txt"
+
+
+def _style_and_reward(run, rm):
+    """Share of replies that start "Thou" and the reward model's mean score, over two
+    sampled replies to each of the 30 prompts (a fixed seed)."""
+    model = genlab.load_model(str(run), **quiet)
+    prompts = PROMPTS * 2
+    texts, _ = sample_responses(model, prompts, max_new_tokens=48, seed=0, batch=30)
+    return sum(t.startswith("Thou") for t in texts) / len(texts), float(rm.score(prompts, texts).mean())
+
+
+def test_rl_against_the_reward_model_makes_the_preferred_answer_the_usual_one(setup, tmp_path):
+    sft, rm_path, prompts = setup
+    rl = finetune(str(sft), str(prompts), tmp_path / "rl", reward=str(rm_path), method="lora", max_iters=30,
+                  lr=5e-3, eval_interval=10, log_interval=5, max_new_tokens=48, **FT)
+    rm = RewardModel(rm_path)
+    style0, reward0 = _style_and_reward(sft, rm)
+    style1, reward1 = _style_and_reward(tmp_path / "rl", rm)
+    print(f"'Thou' share {style0:.2f} -> {style1:.2f}, reward {reward0:.2f} -> {reward1:.2f}")
+    assert style1 >= style0 + 0.2, (style0, style1)        # (measured: 0.32 -> 0.65)
+    assert reward1 >= reward0 + 1.0, (reward0, reward1)     # (2.08 -> 4.50)
+    recs = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    its = [r for r in recs if r["kind"] == "iter"]
+    assert {"reward", "kl", "entropy", "reply_tokens", "kl_coef"} <= set(its[0])
+    assert its[0]["kl"] == pytest.approx(0.0, abs=1e-4)    # the first step samples the reference itself
+    assert all(r["kl"] > 0 for r in its[2:])               # the policy moved away from it ...
+    assert its[-1]["reply_tokens"] < 48                    # ... and its replies end
+    vals = [r for r in recs if r["kind"] == "val"]
+    assert {"val_reward", "val_kl", "example"} <= set(vals[0])
+    cfg = json.loads((tmp_path / "rl" / "config.json").read_text())
+    assert cfg["data"]["objective"] == "rlhf" and cfg["data"]["reward"] == str(rm_path.resolve())
+    assert rl.summary["best_val_loss"] == min(r["val_loss"] for r in vals)
+
+
+def test_sampled_reply_ids_end_with_the_stop_string(setup):
+    sft, _, _ = setup
+    model = genlab.load_model(str(sft), **quiet)
+    stop = model.template.stop
+    texts, seqs = sample_responses(model, PROMPTS[:12], max_new_tokens=60, seed=3, batch=12)
+    ended = [(t, r) for t, (_, r) in zip(texts, seqs) if len(r) < 60]
+    assert len(ended) >= 9                                  # SFT taught it to stop
+    for text, reply in ended:
+        decoded = model.decode(reply)
+        assert decoded.endswith(stop) and decoded.count(stop) == 1
+        assert decoded[:-len(stop)].strip() == text
+
+
+def test_rl_resume_is_bit_exact_with_an_adapting_kl_coefficient(setup, tmp_path):
+    sft, rm_path, prompts = setup
+    kw = dict(reward=str(rm_path), method="lora", lr=5e-3, schedule="constant", kl_target=1.0,
+              eval_interval=3, log_interval=1, max_new_tokens=32, **FT)
+    finetune(str(sft), str(prompts), tmp_path / "a", max_iters=6, **kw)
+    finetune(str(sft), str(prompts), tmp_path / "b", max_iters=3, **kw)
+    finetune(str(sft), str(prompts), tmp_path / "b", resume=True, max_iters=6, progress=False, **quiet)
+    a, b = (load_file(str(tmp_path / r / "last.safetensors")) for r in ("a", "b"))
+    _assert_same_weights(a, b)
+
+    def log(run):
+        return [{k: v for k, v in json.loads(x).items() if k != "elapsed"}
+                for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    assert log("a") == log("b")
+    coefs = [r["kl_coef"] for r in log("a") if r["kind"] == "iter"]
+    assert len(set(coefs)) > 1                               # the controller moved it, and the resume kept it
+
+
+def test_rl_bad_inputs_are_one_line_and_write_nothing(setup, tmp_path, cli_here):
+    sft, rm_path, prompts = setup
+    out = tmp_path / "out"
+    _expect_user_error(cli_here("finetune", sft, "--data", prompts, "--samples", 8, "--out", out),
+                       "--samples", "--reward")
+    _expect_user_error(cli_here("finetune", sft, "--data", prompts, "--reward", sft, "--out", out), "reward model")
+    one = tmp_path / "one.txt"
+    one.write_text("Speak of the sea.\n\n")
+    _expect_user_error(cli_here("finetune", sft, "--data", one, "--reward", rm_path, "--out", out),
+                       "at least 2 prompts")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Speak of the sea."}\n{"prompt": 3}\n{"prompt": "Speak of wine."}\n')
+    _expect_user_error(cli_here("finetune", sft, "--data", bad, "--reward", rm_path, "--out", out),
+                       "bad.jsonl:2", "--on-error skip")
+    long = tmp_path / "long.txt"
+    long.write_text("Speak of the sea.\n" + "Speak of " + "the sea and " * 10 + "wine.\n")
+    _expect_user_error(cli_here("finetune", sft, "--data", long, "--reward", rm_path, "--out", out),
+                       "does not fit", "--max-new-tokens")
+    _expect_user_error(cli_here("finetune", sft, "--data", prompts, "--reward", rm_path, "--samples", 1,
+                                "--out", out), "--samples")
+    assert not out.exists()
+    assert Path(prompts).read_text().count("\n") == len(PROMPTS)
