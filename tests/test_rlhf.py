@@ -77,6 +77,7 @@ def setup(tmp_path_factory):
     prefs = [json.dumps({"prompt": p, "chosen": thou(w), "rejected": you(w)}) for p, w in zip(PROMPTS, WORDS)]
     (d / "prefs.jsonl").write_text("\n".join(prefs) + "\n")
     train_reward(d / "prefs.jsonl", d / "rm", **quiet)
+    train_reward(d / "prefs.jsonl", d / "rm-half2", half=2, **quiet)
     (d / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     return d / "sft", d / "rm", d / "prompts.txt"
 
@@ -92,7 +93,9 @@ def _style_and_reward(run, rm):
 
 def test_rl_against_the_reward_model_makes_the_preferred_answer_the_usual_one(setup, tmp_path):
     sft, rm_path, prompts = setup
-    rl = finetune(str(sft), str(prompts), tmp_path / "rl", reward=str(rm_path), method="lora", max_iters=30,
+    held = rm_path.parent / "rm-half2"
+    rl = finetune(str(sft), str(prompts), tmp_path / "rl", reward=str(rm_path), heldout_reward=str(held),
+                  method="lora", max_iters=30,
                   lr=5e-3, eval_interval=10, log_interval=5, max_new_tokens=48, **FT)
     rm = RewardModel(rm_path)
     style0, reward0 = _style_and_reward(sft, rm)
@@ -107,10 +110,19 @@ def test_rl_against_the_reward_model_makes_the_preferred_answer_the_usual_one(se
     assert all(r["kl"] > 0 for r in its[2:])               # the policy moved away from it ...
     assert its[-1]["reply_tokens"] < 48                    # ... and its replies end
     vals = [r for r in recs if r["kind"] == "val"]
-    assert {"val_reward", "val_kl", "example"} <= set(vals[0])
+    assert {"val_reward", "val_kl", "example", "val_heldout_reward"} <= set(vals[0])
     cfg = json.loads((tmp_path / "rl" / "config.json").read_text())
     assert cfg["data"]["objective"] == "rlhf" and cfg["data"]["reward"] == str(rm_path.resolve())
+    assert cfg["data"]["heldout_reward"] == str(held.resolve())
     assert rl.summary["best_val_loss"] == min(r["val_loss"] for r in vals)
+
+
+def test_reward_model_halves_share_no_pair_and_agree(setup):
+    _, rm_path, _ = setup
+    half = RewardModel(rm_path.parent / "rm-half2")
+    assert half.config["data"]["pairs"] == 15 and half.config["data"]["half"] == 2
+    s = half.score(["Speak of the tide."] * 2, [thou("the tide"), you("the tide")])   # a word in neither half
+    assert s[0] > s[1]
 
 
 def test_sampled_reply_ids_end_with_the_stop_string(setup):
@@ -149,7 +161,12 @@ def test_rl_bad_inputs_are_one_line_and_write_nothing(setup, tmp_path, cli_here)
     out = tmp_path / "out"
     _expect_user_error(cli_here("finetune", sft, "--data", prompts, "--samples", 8, "--out", out),
                        "--samples", "--reward")
+    _expect_user_error(cli_here("finetune", sft, "--data", prompts, "--heldout-reward", rm_path, "--out", out),
+                       "--heldout-reward", "--reward")
     _expect_user_error(cli_here("finetune", sft, "--data", prompts, "--reward", sft, "--out", out), "reward model")
+    _expect_user_error(cli_here("finetune", sft, "--data", prompts, "--reward", rm_path, "--heldout-reward", rm_path,
+                                "--out", out), "other rankings")
+    _expect_user_error(cli_here("reward", "train", "--data", prompts, "--half", 3, "--out", out), "half")
     one = tmp_path / "one.txt"
     one.write_text("Speak of the sea.\n\n")
     _expect_user_error(cli_here("finetune", sft, "--data", one, "--reward", rm_path, "--out", out),

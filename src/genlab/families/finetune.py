@@ -71,6 +71,7 @@ COMMON = {"batch_size": 4, "grad_accum": 1, "block_size": 256, "max_iters": None
 RL_LR = {"full": 1e-5, "lora": 5e-4}
 RL = {"samples": 4, "kl_coef": 0.05, "kl_target": None, "length_penalty": 0.0, "max_new_tokens": 48,
       "temperature": 1.0}
+RL_DATA = ("heldout_reward",)   # RLHF settings kept under config["data"]
 LORA_OPTIONS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules"}
 
 
@@ -214,6 +215,8 @@ def _rl_task(config, model, lm, tok, template, train, val, pad_id, engine, kw, l
     with the LoRA adapter switched off, or a frozen copy for a full fine-tune)."""
     t = config["train"]
     rm = RewardModel(config["data"]["reward"])
+    held = config["data"].get("heldout_reward")
+    held = RewardModel(held, embedder=rm.embed) if held else None
     if config["method"] == "lora":
         def reference(seqs):
             with model.disable_adapter():
@@ -230,7 +233,8 @@ def _rl_task(config, model, lm, tok, template, train, val, pad_id, engine, kw, l
         + f"; {len(train)} training prompts, {len(val)} held out; reward model {rm.path}")
     return RLOOTask(lm, policy, train, val, rm.score, reference, pad_id=pad_id, samples=t["samples"],
                     kl_coef=t["kl_coef"], kl_target=t["kl_target"], length_penalty=t["length_penalty"],
-                    max_new_tokens=t["max_new_tokens"], temperature=t["temperature"], **kw)
+                    max_new_tokens=t["max_new_tokens"], temperature=t["temperature"],
+                    heldout_fn=held.score if held else None, **kw)
 
 
 def _check_prompts_fit(model: HFModel, prompts: list, max_new_tokens: int) -> None:
@@ -372,6 +376,9 @@ class FinetuneFamily(Family):
         Opt("reward", str, metavar="RUN",
             help="a reward model (genlab reward train): RLHF's RL step (RLOO) against it; --data is then "
                  "the prompts, a .txt file (one per line) or JSONL with a 'prompt' field"),
+        Opt("heldout_reward", str, metavar="RUN",
+            help="RLHF: a second reward model, trained on other rankings (genlab reward train --half), that "
+                 "scores the held-out replies too (val_heldout_reward): gains it does not share are reward hacking"),
         Opt("samples", int, check=at_least(2), help="RLHF: replies sampled per prompt, RLOO's group (default 4)"),
         Opt("kl_coef", float, check=at_least(0),
             help="RLHF: weight of the KL penalty to the starting model, per nat (default 0.05)"),
@@ -410,8 +417,8 @@ class FinetuneFamily(Family):
             return config["data"]["source"]
         if key in ("method",):
             return config[key]
-        if key == "on_error":
-            return config["data"]["on_error"]
+        if key in ("on_error", "reward", *RL_DATA):
+            return config["data"].get(key)
         if key in LORA_OPTIONS:
             return (config.get("lora") or {}).get(LORA_OPTIONS[key])
         if key == "lora":
@@ -419,7 +426,7 @@ class FinetuneFamily(Family):
         return super().stored(config, key)
 
     def same(self, config, key, value):
-        if key in ("model", "data", "reward") and Path(str(value)).exists():
+        if key in ("model", "data", "reward", "heldout_reward") and Path(str(value)).exists():
             return str(Path(value).resolve()) == str(self.stored(config, key))
         if key == "lora":
             return all((config.get("lora") or {}).get(k) == v for k, v in value.items() if v is not None)
@@ -441,14 +448,20 @@ class FinetuneFamily(Family):
         check(not (run.is_run() and not o.get("overwrite")),
               f"{run.path}: a run already exists here (use --resume to continue it, --overwrite to replace it, "
               "or another --out)")
-        given_rl = sorted(k for k in RL if k in o)
+        given_rl = sorted(k for k in (*RL, *RL_DATA) if k in o)
         check(o.get("reward") is not None or not given_rl,
               f"--{', --'.join(k.replace('_', '-') for k in given_rl)}: RLHF settings, for a run with --reward RUN")
         objective, payload = _objective(o["data"], o["on_error"], warn, o.get("reward"))  # bad data stops us first
         t["objective"] = objective
         reward = None
         if objective == "rlhf":
-            reward = str(RewardModel(o["reward"]).path.resolve())   # not a reward model: stops here
+            rm = RewardModel(o["reward"])                       # not a reward model: stops here
+            reward = str(rm.path.resolve())
+            if o.get("heldout_reward"):
+                held = RewardModel(o["heldout_reward"], embedder=rm.embed)
+                check(held.path.resolve() != Path(reward),
+                      "--heldout-reward is the training reward model itself; give one trained on other rankings")
+                o["heldout_reward"] = str(held.path.resolve())
             t.update({k: o.get(k, v) for k, v in RL.items()})
             if "lr" not in o:
                 t["lr"] = RL_LR[method]
@@ -466,7 +479,7 @@ class FinetuneFamily(Family):
                   "lora": lora if method == "lora" else None,
                   "data": {"source": data if objective == CORPUS else str(Path(data).resolve()),
                            "objective": objective, "on_error": o["on_error"],
-                           **({"reward": reward} if reward else {})},
+                           **({"reward": reward, "heldout_reward": o.get("heldout_reward")} if reward else {})},
                   "train": {**t, "seed": o["seed"]}, "chat_template": template.to_dict()}
         run.write_config(config)
         log(f"fine-tuning {o['model']} ({params / 1e6:.1f}M parameters, method {method}, objective {objective}) "

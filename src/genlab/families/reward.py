@@ -47,17 +47,23 @@ class RewardHead(nn.Module):
 
 
 def train_reward(data, out, *, epochs: int = 200, lr: float = 3e-3, weight_decay: float = 1e-2,
-                 seed: int = 0, overwrite: bool = False, on_error: str = "stop", log=print) -> "RewardModel":
+                 seed: int = 0, half: int | None = None, overwrite: bool = False, on_error: str = "stop",
+                 log=print) -> "RewardModel":
     """Fit a Bradley-Terry reward model to the preference pairs in the JSONL file `data`;
-    every 10th pair is held out, and its accuracy (chosen scored above rejected) reported."""
+    every 10th pair is held out, and its accuracy (chosen scored above rejected) reported.
+    half 1 or 2: only the odd-numbered or the even-numbered pairs, so that two reward models
+    trained on the two halves share no ranking (one trains a policy, the other checks it)."""
     return RewardFamily().train(out, data=data, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed,
-                                overwrite=overwrite, on_error=on_error, log=log)
+                                half=half, overwrite=overwrite, on_error=on_error, log=log)
 
 
-def _fit_reward(data, out, *, epochs, lr, weight_decay, seed, overwrite, on_error, log) -> "RewardModel":
+def _fit_reward(data, out, *, epochs, lr, weight_decay, seed, overwrite, on_error, log, half=None) -> "RewardModel":
     kind, pairs = ftdata.read_jsonl(data, on_error=on_error, warn=log)
     check(kind == "dpo", f"{data}: a reward model learns from preference pairs "
                           "({'prompt', 'chosen', 'rejected'}), not instructions")
+    if half is not None:
+        pairs = pairs[half - 1::2]
+        check(len(pairs) >= 2, f"{data}: half {half} holds {len(pairs)} pair(s); a reward model needs at least 2")
     run = RunDir(out)
     run.prepare_new(overwrite=overwrite)
     train, val = ftdata.split(pairs)
@@ -89,7 +95,8 @@ def _fit_reward(data, out, *, epochs, lr, weight_decay, seed, overwrite, on_erro
             log(f"epoch {epoch}: loss {float(loss.detach()):.4f}, held-out pair accuracy {vacc:.3f}")
     run.save_weights(head)
     run.write_config({"family": "reward", "genlab_version": __version__, "embedder": EMBEDDER,
-                      "data": {"source": str(Path(data).resolve()), "pairs": len(pairs), "held_out": len(val)},
+                      "data": {"source": str(Path(data).resolve()), "pairs": len(pairs), "held_out": len(val),
+                               "half": half},
                       "train": {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "seed": seed},
                       "val_accuracy": vacc})
     log(f"reward model saved in {run.path} (held-out pair accuracy {vacc:.3f} on {len(val)} pairs)")
@@ -165,6 +172,9 @@ class RewardFamily(Family):
         Opt("lr", float, 3e-3, cli=False),
         Opt("weight_decay", float, 1e-2, cli=False),
         Opt("on_error", str, "stop", choices=("stop", "skip"), label="--on-error"),
+        Opt("half", int, choices=(1, 2), what="half",
+            help="train on the odd-numbered (1) or even-numbered (2) pairs only: two reward models that "
+                 "share no ranking (train a policy on one, check it with the other)"),
     )
     common = (OUT, SEED, OVERWRITE)
     resumable = ()
@@ -176,4 +186,5 @@ class RewardFamily(Family):
     def fresh(self, out, o, log):
         check(out is not None, "--out is needed: the directory to write the reward model into")
         return _fit_reward(o["data"], out, epochs=o["epochs"], lr=o["lr"], weight_decay=o["weight_decay"],
-                           seed=o["seed"], overwrite=o.get("overwrite", False), on_error=o["on_error"], log=log)
+                           seed=o["seed"], overwrite=o.get("overwrite", False), on_error=o["on_error"], log=log,
+                           half=o.get("half"))

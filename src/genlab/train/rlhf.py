@@ -71,19 +71,21 @@ def reply_logprobs(model, seqs, pad_id, engine: Engine = CPU) -> tuple[torch.Ten
 class RLOOTask(StepTask):
     """RLOO with a KL penalty. `policy` is the model as an HFModel (sampling), `model` the
     same weights as a CausalLM (scoring, with grad); `reward_fn(prompts, replies)` gives a
-    tensor of rewards; `reference(seqs)` the starting policy's log-probabilities."""
+    tensor of rewards; `reference(seqs)` the starting policy's log-probabilities;
+    `heldout_fn`, a second reward model (trained on other rankings) that only scores the
+    held-out replies: a gain under reward_fn that it does not share is reward hacking."""
 
     def __init__(self, model, policy, train_prompts, val_prompts, reward_fn, reference, *, pad_id,
                  samples: int = 4, kl_coef: float = 0.05, kl_target: float | None = None,
                  length_penalty: float = 0.0, max_new_tokens: int = 48, temperature: float = 1.0,
-                 eval_seed: int = 1234, **kw):
+                 eval_seed: int = 1234, heldout_fn=None, **kw):
         super().__init__(model, **kw)
         check(samples >= 2, "RLOO needs at least 2 samples per prompt (--samples)")
         self.policy, self.train_prompts, self.val_prompts = policy, train_prompts, val_prompts
         self.reward_fn, self.reference, self.pad_id = reward_fn, reference, pad_id
         self.k, self.kl = samples, AdaptiveKL(kl_coef, kl_target)
         self.length_penalty, self.max_new, self.temperature = length_penalty, max_new_tokens, temperature
-        self.eval_seed = eval_seed
+        self.eval_seed, self.heldout_fn = eval_seed, heldout_fn
         self.last: dict = {}
 
     def _rollout(self, prompts, generator):
@@ -134,8 +136,11 @@ class RLOOTask(StepTask):
         lp, _, n = reply_logprobs(self.model, seqs, self.pad_id, self.engine)
         kl = float((lp.cpu() - ref).mean())
         reward = float(rewards.mean())
-        return {"val_loss": -(reward - self.kl.coef * kl), "val_reward": reward, "val_kl": kl,
-                "val_reply_tokens": float(n.float().mean()), "example": texts[0][:200]}
+        rec = {"val_loss": -(reward - self.kl.coef * kl), "val_reward": reward, "val_kl": kl,
+               "val_reply_tokens": float(n.float().mean()), "example": texts[0][:200]}
+        if self.heldout_fn is not None:
+            rec["val_heldout_reward"] = float(torch.as_tensor(self.heldout_fn(self.val_prompts, texts)).mean())
+        return rec
 
     def log_fields(self) -> dict:
         return {**super().log_fields(), **{k: v for k, v in self.last.items() if math.isfinite(v)}}
