@@ -1,5 +1,5 @@
-"""RLHF's RL step (train/rlhf.py, `genlab finetune --reward RUN`): RLOO's advantages and the
-adaptive KL controller by hand; on a small char-level GPT taught two ways of answering, RL
+"""RLHF's RL step (train/rlhf.py, `genlab finetune --reward RUN`): RLOO's advantages, GAE
+and the adaptive KL controller by hand; on a small char-level GPT taught two ways of answering, RL
 against a reward model that prefers one of them makes the model answer that way (the
 reward model's score of fresh samples rises); sampled reply ids end where the reply does;
 bit-exact resume with an adapting KL coefficient; bad input as one line, nothing written."""
@@ -17,7 +17,7 @@ from conftest import _assert_same_weights, _expect_user_error
 from genlab.api import finetune
 from genlab.families.reward import RewardModel, train_reward
 from genlab.llm.sample import sample_responses
-from genlab.train.rlhf import AdaptiveKL, rloo_advantages
+from genlab.train.rlhf import AdaptiveKL, gae, rloo_advantages
 from genlab.util.errors import GenlabError
 
 quiet = dict(log=lambda *a: None)
@@ -48,6 +48,22 @@ def test_rloo_advantage_is_the_return_minus_the_mean_of_the_others():
     assert torch.allclose(a.sum(1), torch.zeros(2), atol=1e-6)
     with pytest.raises(GenlabError, match="at least 2"):
         rloo_advantages(torch.ones(3, 1))
+
+
+def test_gae_by_hand_over_replies_that_end_and_start_at_different_places():
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 0.0], [5.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.5, 0.5], [1.0, 1.0, 9.0], [3.0, 0.5, 0.5]])
+    keep = torch.tensor([[1, 1, 1], [1, 1, 0], [0, 1, 1]], dtype=torch.bool)
+    adv, ret = gae(rewards, values, keep, gamma=1.0, lam=0.5)
+    # row 0: delta = (0, 0, 0.5); A_2 = 0.5, A_1 = 0 + 0.5 A_2, A_0 = 0 + 0.5 A_1
+    assert torch.allclose(adv[0], torch.tensor([0.125, 0.25, 0.5]))
+    assert torch.allclose(ret[0], torch.tensor([0.625, 0.75, 1.0]))
+    # row 1 ends after two tokens: V after the end is 0, not the padding's 9
+    assert torch.allclose(adv[1], torch.tensor([0.5, 1.0, 0.0])) and torch.allclose(ret[1], torch.tensor([1.5, 2.0, 0]))
+    # row 2 starts one later: the prompt position's reward and value play no part
+    assert torch.allclose(adv[2], torch.tensor([0.0, 0.25, 0.5]))
+    a1, _ = gae(rewards[:1], values[:1], keep[:1], gamma=1.0, lam=1.0)   # lambda 1: return - V
+    assert torch.allclose(a1, torch.tensor([[0.5, 0.5, 0.5]]))
 
 
 def test_adaptive_kl_moves_towards_its_target_by_at_most_a_fifth_per_horizon():
@@ -82,27 +98,33 @@ def setup(tmp_path_factory):
     return d / "sft", d / "rm", d / "prompts.txt"
 
 
-def _style_and_reward(run, rm):
-    """Share of replies that start "Thou" and the reward model's mean score, over two
-    sampled replies to each of the 30 prompts (a fixed seed)."""
+def _style_and_reward(run, rm, held):
+    """Share of replies that start "Thou", and the training and the held-out reward models'
+    mean scores, over two sampled replies to each of the 30 prompts (a fixed seed)."""
     model = genlab.load_model(str(run), **quiet)
     prompts = PROMPTS * 2
     texts, _ = sample_responses(model, prompts, max_new_tokens=48, seed=0, batch=30)
-    return sum(t.startswith("Thou") for t in texts) / len(texts), float(rm.score(prompts, texts).mean())
+    return (sum(t.startswith("Thou") for t in texts) / len(texts), float(rm.score(prompts, texts).mean()),
+            float(held.score(prompts, texts).mean()), texts[:4])
 
 
-def test_rl_against_the_reward_model_makes_the_preferred_answer_the_usual_one(setup, tmp_path):
+@pytest.mark.parametrize("algorithm", ["rloo", "ppo"])
+def test_rl_against_the_reward_model_makes_the_preferred_answer_the_usual_one(setup, tmp_path, algorithm):
     sft, rm_path, prompts = setup
     held = rm_path.parent / "rm-half2"
     rl = finetune(str(sft), str(prompts), tmp_path / "rl", reward=str(rm_path), heldout_reward=str(held),
-                  method="lora", max_iters=30,
-                  lr=5e-3, eval_interval=10, log_interval=5, max_new_tokens=48, **FT)
+                  algorithm=algorithm, method="lora", max_iters=30,
+                  lr=5e-3, eval_interval=15, log_interval=5, max_new_tokens=48, **FT)
     rm = RewardModel(rm_path)
-    style0, reward0 = _style_and_reward(sft, rm)
-    style1, reward1 = _style_and_reward(tmp_path / "rl", rm)
-    print(f"'Thou' share {style0:.2f} -> {style1:.2f}, reward {reward0:.2f} -> {reward1:.2f}")
-    assert style1 >= style0 + 0.2, (style0, style1)        # (measured: 0.32 -> 0.65)
-    assert reward1 >= reward0 + 1.0, (reward0, reward1)     # (2.08 -> 4.50)
+    hm = RewardModel(held, embedder=rm.embed)
+    style0, reward0, held0, _ = _style_and_reward(sft, rm, hm)
+    style1, reward1, held1, examples = _style_and_reward(tmp_path / "rl", rm, hm)
+    print(f"{algorithm}: 'Thou' share {style0:.2f} -> {style1:.2f}, reward {reward0:.2f} -> {reward1:.2f}, "
+          f"held-out reward {held0:.2f} -> {held1:.2f}; {examples}")
+    # (measured: RLOO 0.32 -> 0.65, 2.08 -> 4.50; PPO 0.32 -> 0.47, 2.08 -> 4.76)
+    assert reward1 >= reward0 + 1.0, (reward0, reward1)
+    assert held1 >= held0 + 0.5, (held0, held1)            # the gain is not this reward model's alone
+    assert style1 >= style0 + 0.1, (style0, style1)
     recs = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     its = [r for r in recs if r["kind"] == "iter"]
     assert {"reward", "kl", "entropy", "reply_tokens", "kl_coef"} <= set(its[0])
@@ -113,6 +135,7 @@ def test_rl_against_the_reward_model_makes_the_preferred_answer_the_usual_one(se
     assert {"val_reward", "val_kl", "example", "val_heldout_reward"} <= set(vals[0])
     cfg = json.loads((tmp_path / "rl" / "config.json").read_text())
     assert cfg["data"]["objective"] == "rlhf" and cfg["data"]["reward"] == str(rm_path.resolve())
+    assert cfg["train"]["algorithm"] == algorithm
     assert cfg["data"]["heldout_reward"] == str(held.resolve())
     assert rl.summary["best_val_loss"] == min(r["val_loss"] for r in vals)
 
@@ -138,9 +161,10 @@ def test_sampled_reply_ids_end_with_the_stop_string(setup):
         assert decoded[:-len(stop)].strip() == text
 
 
-def test_rl_resume_is_bit_exact_with_an_adapting_kl_coefficient(setup, tmp_path):
+@pytest.mark.parametrize("algorithm", ["rloo", "ppo"])
+def test_rl_resume_is_bit_exact_with_an_adapting_kl_coefficient(setup, tmp_path, algorithm):
     sft, rm_path, prompts = setup
-    kw = dict(reward=str(rm_path), method="lora", lr=5e-3, schedule="constant", kl_target=1.0,
+    kw = dict(reward=str(rm_path), algorithm=algorithm, method="lora", lr=5e-3, schedule="constant", kl_target=1.0,
               eval_interval=3, log_interval=1, max_new_tokens=32, **FT)
     finetune(str(sft), str(prompts), tmp_path / "a", max_iters=6, **kw)
     finetune(str(sft), str(prompts), tmp_path / "b", max_iters=3, **kw)
@@ -154,6 +178,8 @@ def test_rl_resume_is_bit_exact_with_an_adapting_kl_coefficient(setup, tmp_path)
     assert log("a") == log("b")
     coefs = [r["kl_coef"] for r in log("a") if r["kind"] == "iter"]
     assert len(set(coefs)) > 1                               # the controller moved it, and the resume kept it
+    if algorithm == "ppo":                                   # (and the value head, in state.pt)
+        assert all(r["value_loss"] > 0 for r in log("a") if r["kind"] == "iter")
 
 
 def test_rl_bad_inputs_are_one_line_and_write_nothing(setup, tmp_path, cli_here):
@@ -180,6 +206,8 @@ def test_rl_bad_inputs_are_one_line_and_write_nothing(setup, tmp_path, cli_here)
     _expect_user_error(cli_here("finetune", sft, "--data", long, "--reward", rm_path, "--out", out),
                        "does not fit", "--max-new-tokens")
     _expect_user_error(cli_here("finetune", sft, "--data", prompts, "--reward", rm_path, "--samples", 1,
-                                "--out", out), "--samples")
+                                "--out", out), "--samples", "at least 2")
+    _expect_user_error(cli_here("finetune", sft, "--data", prompts, "--reward", rm_path, "--algorithm", "dqn",
+                                "--out", out), "dqn", "ppo")
     assert not out.exists()
     assert Path(prompts).read_text().count("\n") == len(PROMPTS)

@@ -47,7 +47,7 @@ from ..train.engine import Engine
 from ..train.finetune import EVAL_BATCH, DPOTask, SFTTask, Trainable
 from ..train.lm import LMTask
 from ..train.loop import IterConfig, fit_iters
-from ..train.rlhf import RLOOTask, reply_logprobs
+from ..train.rlhf import PPOTask, RLOOTask, token_logprobs
 from ..util.errors import GenlabError, check
 from ..util.io import replace_tree
 from ..util.options import Opt, above, at_least, in_range, validate_all
@@ -69,7 +69,7 @@ COMMON = {"batch_size": 4, "grad_accum": 1, "block_size": 256, "max_iters": None
           "grad_checkpoint": False}
 # RLHF (--reward): RLOO's settings, measured on SmolLM2-135M (benchmarks/rlhf.py).
 RL_LR = {"full": 1e-5, "lora": 5e-4}
-RL = {"samples": 4, "kl_coef": 0.05, "kl_target": None, "length_penalty": 0.0, "max_new_tokens": 48,
+RL = {"algorithm": "rloo", "samples": 4, "kl_coef": 0.05, "kl_target": None, "length_penalty": 0.0, "max_new_tokens": 48,
       "temperature": 1.0}
 RL_DATA = ("heldout_reward",)   # RLHF settings kept under config["data"]
 LORA_OPTIONS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules"}
@@ -228,13 +228,17 @@ def _rl_task(config, model, lm, tok, template, train, val, pad_id, engine, kw, l
             return _logprobs(frozen, seqs, pad_id, engine)
     policy = HFModel(model, tok, config["base"]["spec"], template=template, device=str(engine.device))
     _check_prompts_fit(policy, train + val, t["max_new_tokens"])
-    log(f"RLHF (RLOO): {t['samples']} replies per prompt, KL coefficient {t['kl_coef']}"
+    log(f"RLHF ({t['algorithm'].upper()}): {t['samples']} replies per prompt, KL coefficient {t['kl_coef']}"
         + (f" adapted towards {t['kl_target']} nats per reply" if t["kl_target"] else "")
         + f"; {len(train)} training prompts, {len(val)} held out; reward model {rm.path}")
-    return RLOOTask(lm, policy, train, val, rm.score, reference, pad_id=pad_id, samples=t["samples"],
-                    kl_coef=t["kl_coef"], kl_target=t["kl_target"], length_penalty=t["length_penalty"],
-                    max_new_tokens=t["max_new_tokens"], temperature=t["temperature"],
-                    heldout_fn=held.score if held else None, **kw)
+    rl = dict(pad_id=pad_id, samples=t["samples"], kl_coef=t["kl_coef"], kl_target=t["kl_target"],
+              length_penalty=t["length_penalty"], max_new_tokens=t["max_new_tokens"], temperature=t["temperature"],
+              heldout_fn=held.score if held else None, **kw)
+    if t["algorithm"] == "ppo":
+        cfg = model.config
+        hidden = getattr(cfg, "hidden_size", None) or cfg.n_embd
+        return PPOTask(lm, policy, train, val, rm.score, reference, hidden_size=hidden, **rl)
+    return RLOOTask(lm, policy, train, val, rm.score, reference, **rl)
 
 
 def _check_prompts_fit(model: HFModel, prompts: list, max_new_tokens: int) -> None:
@@ -245,15 +249,17 @@ def _check_prompts_fit(model: HFModel, prompts: list, max_new_tokens: int) -> No
                          f"{max_new_tokens} it does not fit the model's context of {model.context} tokens")
 
 
-def _logprobs(lm, seqs, pad_id, engine):
+def _logprobs(lm, seqs, pad_id, engine) -> list:
+    """The log-probabilities of each reply's tokens under `lm`, one 1-d tensor per reply."""
     was = lm.training
     lm.eval()
     try:
         with torch.no_grad():
             out = []
             for i in range(0, len(seqs), 8):
-                out.append(reply_logprobs(lm, seqs[i:i + 8], pad_id, engine)[0])
-            return torch.cat(out)
+                lp, keep, _, _ = token_logprobs(lm, seqs[i:i + 8], pad_id, engine)
+                out += [row[k] for row, k in zip(lp, keep)]
+            return out
     finally:
         lm.train(was)
 
@@ -379,7 +385,10 @@ class FinetuneFamily(Family):
         Opt("heldout_reward", str, metavar="RUN",
             help="RLHF: a second reward model, trained on other rankings (genlab reward train --half), that "
                  "scores the held-out replies too (val_heldout_reward): gains it does not share are reward hacking"),
-        Opt("samples", int, check=at_least(2), help="RLHF: replies sampled per prompt, RLOO's group (default 4)"),
+        Opt("algorithm", str, choices=("rloo", "ppo"), what="RL algorithm",
+            help="RLHF: rloo (REINFORCE leave-one-out, the default) or ppo (clipped objective, value head, GAE)"),
+        Opt("samples", int, check=at_least(1),
+            help="RLHF: replies sampled per prompt (default 4; RLOO's group needs at least 2)"),
         Opt("kl_coef", float, check=at_least(0),
             help="RLHF: weight of the KL penalty to the starting model, per nat (default 0.05)"),
         Opt("kl_target", float, check=above(0),
@@ -463,6 +472,9 @@ class FinetuneFamily(Family):
                       "--heldout-reward is the training reward model itself; give one trained on other rankings")
                 o["heldout_reward"] = str(held.path.resolve())
             t.update({k: o.get(k, v) for k, v in RL.items()})
+            check(t["algorithm"] == "ppo" or t["samples"] >= 2,
+                  f"--samples {t['samples']}: RLOO's baseline is the other replies to the same prompt, so it needs "
+                  "at least 2 (PPO works with 1)")
             if "lr" not in o:
                 t["lr"] = RL_LR[method]
         engine = Engine.create(o.get("device"), t["dtype"])

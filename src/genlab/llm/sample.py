@@ -26,8 +26,11 @@ def cut_reply(model, text: str) -> str:
 def sample_responses(model, prompts: list, max_new_tokens: int = 48, seed: int = 0, batch: int = 16,
                      temperature: float = 1.0, generator: torch.Generator | None = None) -> tuple[list, list]:
     """One reply per prompt, plain sampling at `temperature` (from `generator`, else a
-    fresh one seeded with `seed`). Returns (replies, [(prompt ids, reply ids)]); the reply
-    ids end before the end-of-turn token."""
+    fresh one seeded with `seed`). Returns (replies, [(prompt ids, reply ids)]): the reply
+    ids end with the end-of-turn token, or, for genlab's text templates (a stop string, no
+    end-of-turn token), with the tokens that complete the stop string -- what SFT trains
+    the model to write, so that on-policy RL scores the reply and its end (and not the
+    text sampled after it)."""
     check(isinstance(model, HFModel), "sampling in batches needs a Hugging Face model")
     tok, hf = model.tokenizer, model.model
     dev = model.device
@@ -50,14 +53,10 @@ def sample_responses(model, prompts: list, max_new_tokens: int = 48, seed: int =
             nxt = torch.multinomial(probs, 1, generator=g).squeeze(-1)
             for j, t in enumerate(nxt.tolist()):
                 if not done[j]:
-                    if t in model.eos:
-                        done[j] = True
-                    else:
-                        out[j].append(t)
-                        # (each token is at least one character: the stop string, if just
-                        # completed, lies in the last len(stop) + 1 tokens)
-                        if stop and stop in model.decode(out[j][-(len(stop) + 1):]):
-                            done[j] = True
+                    out[j].append(t)
+                    # (each token is at least one character: the stop string, if just
+                    # completed, lies in the last len(stop) + 1 tokens)
+                    done[j] = t in model.eos or bool(stop and stop in model.decode(out[j][-(len(stop) + 1):]))
             if bool(done.all()):
                 break
             cur = nxt.unsqueeze(-1).to(dev)

@@ -12,12 +12,21 @@ each reply's advantage is its return minus the mean return of the prompt's other
 replies -- a baseline from the same prompt that needs no value network -- and the loss is
 -mean(A * log pi(reply)). The KL coefficient is fixed, or adapted towards a target KL
 per reply (Ziegler et al.'s proportional controller).
+
+PPO (Schulman et al., 2017, as applied to language models by Ziegler et al. and Ouyang
+et al.): the KL penalty is paid per token, the reward at the reply's last token; a value
+head on the policy's last hidden state estimates the return from each token on, GAE
+(gamma, lambda) turns the per-token rewards and values into advantages, and a few epochs
+over each batch of samples optimise the clipped surrogate
+-min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = pi(token) / pi_old(token), plus the
+clipped value loss.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn as nn
 
 from ..llm.sample import sample_responses
 from ..util.errors import check
@@ -49,29 +58,61 @@ class AdaptiveKL:
         self.coef *= 1 + err * n / self.horizon
 
 
-def reply_logprobs(model, seqs, pad_id, engine: Engine = CPU) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For [(prompt ids, reply ids)]: (sum of the reply tokens' log-probabilities (with
-    grad), mean entropy of the next-token distribution over the reply tokens (detached),
-    reply lengths)."""
+def token_logprobs(model, seqs, pad_id, engine: Engine = CPU, value_head=None):
+    """For [(prompt ids, reply ids)], right-padded: (log-probabilities of the tokens (B, T),
+    with grad; mask of the reply tokens (B, T); mean entropy of the next-token distribution
+    over the reply tokens (detached); and, with `value_head`, the value of each position
+    (B, T) from the last hidden state, else None). Position t scores token t + 1."""
     ids, labels, mask = pad_batch([p + r for p, r in seqs], [len(p) for p, _ in seqs], pad_id)
     ids, labels, mask = (engine.batch(t) for t in (ids, labels, mask))
     with engine.autocast():
-        logits, _ = model(ids, attention_mask=mask)
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+        out = model.hf(input_ids=ids, attention_mask=mask, use_cache=False,
+                       output_hidden_states=value_head is not None)
+    logits, labels = out.logits[:, :-1].float(), labels[:, 1:]
     logp = torch.log_softmax(logits, -1)
     keep = labels != -100
-    lp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    lp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
     with torch.no_grad():
         ent = -(logp.exp() * logp).sum(-1)
-        n = keep.sum(-1)
-        entropy = (ent * keep).sum() / n.sum().clamp(min=1)
-    return (lp * keep).sum(-1), entropy, n
+        entropy = (ent * keep).sum() / keep.sum().clamp(min=1)
+    values = None
+    if value_head is not None:
+        values = value_head(out.hidden_states[-1][:, :-1].float()).squeeze(-1) * keep
+    return lp, keep, entropy, values
+
+
+def reply_logprobs(model, seqs, pad_id, engine: Engine = CPU) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For [(prompt ids, reply ids)]: (sum of the reply tokens' log-probabilities (with
+    grad), mean entropy over the reply tokens (detached), reply lengths)."""
+    lp, keep, entropy, _ = token_logprobs(model, seqs, pad_id, engine)
+    return lp.sum(-1), entropy, keep.sum(-1)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, keep: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al., 2016) over the reply tokens of
+    right-padded (B, T) rows (`keep` marks them; a reply ends where its row's marks end):
+    delta_t = r_t + gamma V_{t+1} - V_t, A_t = delta_t + gamma lambda A_{t+1}, with V and A
+    zero after the reply. Returns (advantages, returns = advantages + values), zero off it."""
+    keep = keep.float()
+    adv = torch.zeros_like(rewards)
+    next_v = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    next_a = torch.zeros_like(next_v)
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        a = (delta + gamma * lam * next_a) * keep[:, t]
+        adv[:, t] = a
+        next_v, next_a = values[:, t] * keep[:, t], a
+    return adv, (adv + values) * keep
 
 
 class RLOOTask(StepTask):
+    name, min_samples = "RLOO", 2
+
     """RLOO with a KL penalty. `policy` is the model as an HFModel (sampling), `model` the
     same weights as a CausalLM (scoring, with grad); `reward_fn(prompts, replies)` gives a
-    tensor of rewards; `reference(seqs)` the starting policy's log-probabilities;
+    tensor of rewards; `reference(seqs)` the starting policy's log-probabilities of each
+    reply's tokens (a list of 1-d tensors);
     `heldout_fn`, a second reward model (trained on other rankings) that only scores the
     held-out replies: a gain under reward_fn that it does not share is reward hacking."""
 
@@ -80,7 +121,7 @@ class RLOOTask(StepTask):
                  length_penalty: float = 0.0, max_new_tokens: int = 48, temperature: float = 1.0,
                  eval_seed: int = 1234, heldout_fn=None, **kw):
         super().__init__(model, **kw)
-        check(samples >= 2, "RLOO needs at least 2 samples per prompt (--samples)")
+        check(samples >= self.min_samples, f"{self.name} needs at least {self.min_samples} samples per prompt (--samples)")
         self.policy, self.train_prompts, self.val_prompts = policy, train_prompts, val_prompts
         self.reward_fn, self.reference, self.pad_id = reward_fn, reference, pad_id
         self.k, self.kl = samples, AdaptiveKL(kl_coef, kl_target)
@@ -89,7 +130,8 @@ class RLOOTask(StepTask):
         self.last: dict = {}
 
     def _rollout(self, prompts, generator):
-        """k sampled replies per prompt, their rewards and the reference's log-probabilities."""
+        """k sampled replies per prompt, their rewards and the reference's log-probabilities
+        of each reply's tokens."""
         rep = [p for p in prompts for _ in range(self.k)]
         was = self.model.training
         self.model.eval()
@@ -98,12 +140,13 @@ class RLOOTask(StepTask):
         self.model.train(was)
         with torch.no_grad():
             rewards = torch.as_tensor(self.reward_fn(rep, texts), dtype=torch.float32).flatten().cpu()
-            ref = self.reference(seqs).float().cpu()
+            ref = [x.float().cpu() for x in self.reference(seqs)]
         return texts, seqs, rewards, ref
 
     def batch_loss(self) -> torch.Tensor:
         pick = torch.randint(0, len(self.train_prompts), (self.batch,), generator=self.gen).tolist()
         texts, seqs, rewards, ref = self._rollout([self.train_prompts[i] for i in pick], self.gen)
+        ref = torch.stack([x.sum() for x in ref])
         was = self.model.training
         self.model.eval()        # no dropout: the log-probabilities are those of the policy that sampled
         lp, entropy, n = reply_logprobs(self.model, seqs, self.pad_id, self.engine)
@@ -134,7 +177,7 @@ class RLOOTask(StepTask):
         finally:
             self.k = k
         lp, _, n = reply_logprobs(self.model, seqs, self.pad_id, self.engine)
-        kl = float((lp.cpu() - ref).mean())
+        kl = float((lp.cpu() - torch.stack([x.sum() for x in ref])).mean())
         reward = float(rewards.mean())
         rec = {"val_loss": -(reward - self.kl.coef * kl), "val_reward": reward, "val_kl": kl,
                "val_reply_tokens": float(n.float().mean()), "example": texts[0][:200]}
@@ -151,3 +194,79 @@ class RLOOTask(StepTask):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.kl.coef = float(state["kl_coef"])
+
+
+class PPOTask(RLOOTask):
+    """PPO with a value head (a linear map of the policy's last hidden state, zero at the
+    start), the KL penalty per token, GAE and `ppo_epochs` passes over each batch of samples
+    with the clipped surrogate and value losses (one optimiser step per pass)."""
+
+    name, min_samples = "PPO", 1
+
+    def __init__(self, *a, hidden_size: int, ppo_epochs: int = 2, clip: float = 0.2, vf_coef: float = 0.1,
+                 gamma: float = 1.0, lam: float = 0.95, **kw):
+        super().__init__(*a, **kw)
+        self.ppo_epochs, self.clip, self.vf_coef, self.gamma, self.lam = ppo_epochs, clip, vf_coef, gamma, lam
+        self.value_head = nn.Linear(hidden_size, 1).to(self.device)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+        self.optimizer.add_param_group({"params": list(self.value_head.parameters()), "weight_decay": 0.0})
+
+    def _scored(self, seqs):
+        return token_logprobs(self.model, seqs, self.pad_id, self.engine, self.value_head)
+
+    def train_step(self) -> float:
+        pick = torch.randint(0, len(self.train_prompts), (self.batch,), generator=self.gen).tolist()
+        texts, seqs, rewards, ref = self._rollout([self.train_prompts[i] for i in pick], self.gen)
+        was = self.model.training
+        self.model.eval()        # no dropout: every pass scores the policy that sampled
+        try:
+            with torch.no_grad(), self.engine.autocast():
+                old_lp, keep, entropy, old_v = self._scored(seqs)
+            ref_lp = torch.zeros_like(old_lp)
+            if keep.any():
+                ref_lp[keep] = torch.cat(ref).to(ref_lp.device)
+            kl_tok = (old_lp - ref_lp) * keep
+            n = keep.sum(-1)
+            r = -self.kl.coef * kl_tok
+            last = (torch.arange(keep.shape[1], device=keep.device) * keep).max(-1).values
+            ended = n > 0
+            total = rewards.to(r.device) - self.length_penalty * n.float()
+            r[ended, last[ended]] += total[ended]
+            adv, ret = gae(r, old_v, keep, self.gamma, self.lam)
+            a = adv[keep]
+            if a.numel() > 1:
+                adv = (adv - a.mean()) / (a.std() + 1e-8) * keep
+            params = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
+            denom = keep.sum().clamp(min=1)
+            clipped = vloss = 0.0
+            for _ in range(self.ppo_epochs):
+                with self.engine.autocast():
+                    lp, _, _, v = self._scored(seqs)
+                ratio = torch.exp(lp - old_lp) * keep
+                pg = -torch.min(ratio * adv, ratio.clamp(1 - self.clip, 1 + self.clip) * adv)
+                v_clip = old_v + (v - old_v).clamp(-self.clip, self.clip)
+                vl = 0.5 * torch.max((v - ret) ** 2, (v_clip - ret) ** 2)
+                loss = (pg * keep).sum() / denom + self.vf_coef * (vl * keep).sum() / denom
+                loss.backward()
+                if self.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                clipped = float((((ratio.detach() - 1).abs() > self.clip) & keep).sum() / denom)
+                vloss = float((vl.detach() * keep).sum() / denom)
+        finally:
+            self.model.train(was)
+        kl = kl_tok.sum(-1).cpu()
+        self.last = {"reward": float(rewards.mean()), "kl": float(kl.mean()), "entropy": float(entropy),
+                     "reply_tokens": float(n.float().mean()), "kl_coef": self.kl.coef,
+                     "value_loss": vloss, "clip_fraction": clipped}
+        self.kl.update(float(kl.mean()), len(texts))
+        return -(self.last["reward"] - self.last["kl_coef"] * self.last["kl"])
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "value_head": self.value_head.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.value_head.load_state_dict(state["value_head"])
