@@ -64,18 +64,22 @@ def _parse(obj, path, n) -> tuple[str, dict]:
     raise _bad(path, n, "needs 'prompt' and 'response', 'messages', or 'prompt', 'chosen' and 'rejected'")
 
 
-def read_jsonl(path, on_error: str = "stop", warn=None) -> tuple[str, list]:
-    """(kind, examples) of a JSONL file; kind is "sft" or "dpo" (all lines one kind)."""
+def _lines(path, on_error: str, what: str = "") -> tuple[Path, list]:
     if on_error not in ("stop", "skip"):
         raise GenlabError(f"--on-error must be stop or skip, not '{on_error}'")
     p = Path(path)
     if not p.is_file():
-        raise GenlabError(f"{p}: no such file")
+        raise GenlabError(f"{p}: no such file{what}")
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        return p, p.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise GenlabError(f"{p}: not UTF-8 text ({e})") from None
-    kind, out, skipped = None, [], []
+
+
+def _json_lines(p: Path, lines: list, parse, on_error: str, warn) -> list:
+    """parse(obj, path, line number) of each non-blank line's JSON object; a bad line stops
+    with its number, or (on_error="skip") is left out and named in one warning."""
+    out, skipped = [], []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -84,23 +88,33 @@ def read_jsonl(path, on_error: str = "stop", warn=None) -> tuple[str, list]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise _bad(p, n, f"not valid JSON ({e.msg} at column {e.colno})") from None
-            k, ex = _parse(obj, p, n)
-            if kind is not None and k != kind:
-                raise _bad(p, n, f"a {'preference pair' if k == 'dpo' else 'instruction'} among "
-                                 f"{'preference pairs' if kind == 'dpo' else 'instructions'} (one kind per file)")
+            out.append(parse(obj, p, n))
         except GenlabError as e:
             if on_error == "stop":
                 raise GenlabError(f"{e} (--on-error skip leaves such lines out)") from None
             skipped.append(n)
-            continue
-        kind = k
-        out.append(ex)
     if skipped and warn:
         warn(f"{p}: skipped {len(skipped)} bad line(s): {', '.join(map(str, skipped[:10]))}"
              + (" ..." if len(skipped) > 10 else ""))
+    return out
+
+
+def read_jsonl(path, on_error: str = "stop", warn=None) -> tuple[str, list]:
+    """(kind, examples) of a JSONL file; kind is "sft" or "dpo" (all lines one kind)."""
+    p, lines = _lines(path, on_error)
+    kinds: list = []
+
+    def parse(obj, p, n):
+        k, ex = _parse(obj, p, n)
+        if kinds and k != kinds[0]:
+            raise _bad(p, n, f"a {'preference pair' if k == 'dpo' else 'instruction'} among "
+                             f"{'preference pairs' if kinds[0] == 'dpo' else 'instructions'} (one kind per file)")
+        kinds.append(k)
+        return ex
+    out = _json_lines(p, lines, parse, on_error, warn)
     if len(out) < 2:
         raise GenlabError(f"{p}: needs at least 2 valid examples, found {len(out)}")
-    return kind, out
+    return kinds[0], out
 
 
 def split(examples: list) -> tuple[list, list]:
@@ -149,37 +163,15 @@ def read_prompts(path, on_error: str = "stop", warn=None) -> list:
     lines ignored), or a JSONL file whose lines each hold a non-empty "prompt" string
     (instruction and preference files qualify). A bad JSONL line is reported with its
     number (skipped with on_error="skip")."""
-    if on_error not in ("stop", "skip"):
-        raise GenlabError(f"--on-error must be stop or skip, not '{on_error}'")
-    p = Path(path)
-    if not p.is_file():
-        raise GenlabError(f"{p}: no such file (RLHF's --data is a file of prompts)")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise GenlabError(f"{p}: not UTF-8 text ({e})") from None
+    p, lines = _lines(path, on_error, " (RLHF's --data is a file of prompts)")
     if p.suffix != ".jsonl":
         out = [line.strip() for line in lines if line.strip()]
     else:
-        out, skipped = [], []
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise _bad(p, n, f"not valid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(obj, dict):
-                    raise _bad(p, n, "not a JSON object")
-                out.append(_text(obj, "prompt", p, n).strip())
-            except GenlabError as e:
-                if on_error == "stop":
-                    raise GenlabError(f"{e} (--on-error skip leaves such lines out)") from None
-                skipped.append(n)
-        if skipped and warn:
-            warn(f"{p}: skipped {len(skipped)} bad line(s): {', '.join(map(str, skipped[:10]))}"
-                 + (" ..." if len(skipped) > 10 else ""))
+        def parse(obj, p, n):
+            if not isinstance(obj, dict):
+                raise _bad(p, n, "not a JSON object")
+            return _text(obj, "prompt", p, n).strip()
+        out = _json_lines(p, lines, parse, on_error, warn)
     if len(out) < 2:
         raise GenlabError(f"{p}: needs at least 2 prompts, found {len(out)}")
     return out
