@@ -1,0 +1,151 @@
+"""RLHF on SmolLM2-135M-Instruct on this machine: the "tone" demonstration -- rankings that
+prefer a register (a King James verse on the topic over SmolLM2's own modern paragraph,
+genlab.llm.examples), a reward model fitted on each half of them, and base vs DPO vs RLOO
+vs PPO at equal wall-clock budgets.
+
+    python benchmarks/rlhf.py                    # 30 minutes per method (about 2.5 hours on 2 cores)
+    python benchmarks/rlhf.py --budget 600       # seconds per method
+    python benchmarks/rlhf.py --only rloo,ppo    # some methods (base is always measured)
+
+Every method is a LoRA fine-tune (r 8) of SmolLM2 with the shared loop: DPO on the
+preference pairs (beta 0.1), RLOO and PPO against the reward model of the odd-numbered
+pairs (`genlab reward train --half 1`) on the pairs' prompts. Each is judged on held-out
+topics (never in training) by sampling one reply per prompt (T = 1) from it and from the
+base: the win rate against the base under the training reward model and under the
+held-out one (the even-numbered pairs, `--half 2`), with 95% intervals; KL to the base
+(nats per reply, from the method's own samples); mean reply length (tokens); benign
+utility (the share of 40 ordinary requests from guard/data/benign.txt answered, not
+refused or left empty, greedy); and seconds per training step. One example reply per
+method shows what the reward model was made to like.
+
+The guardrail demonstration (rankings that prefer keeping the secret; the attack suite at
+level 1 on the RL-tuned model) is not written yet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench-out" / "rlhf"
+COMMON = dict(method="lora", batch_size=2, block_size=256, eval_examples=16, log_interval=5, progress=False,
+              overwrite=True)
+METHODS = ("dpo", "rloo", "ppo")
+REFUSALS = ("i'm sorry", "i am sorry", "i can't", "i cannot", "as an ai")
+
+
+def _err(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build(args):
+    """(preference file, training prompts, held-out prompts, RM train, RM held-out)."""
+    from genlab.families.reward import train_reward
+    from genlab.llm.examples import PROMPTS, scripture_instructions, scripture_preferences, scripture_topics
+    from genlab.llm.hf import HFModel
+    from genlab.llm.sample import sample_responses
+    train_t, held_t = scripture_topics()
+    prefs_path = OUT / "prefs.jsonl"
+    if not prefs_path.exists():
+        base = HFModel.load("smollm2")
+        inst = scripture_instructions(train_t, per_topic=2, seed=1)
+        t0 = time.monotonic()
+        rejected, _ = sample_responses(base, [e["prompt"] for e in inst], max_new_tokens=48, seed=0)
+        prefs = scripture_preferences(inst, rejected)
+        OUT.mkdir(parents=True, exist_ok=True)
+        prefs_path.write_text("".join(json.dumps(e) + "\n" for e in prefs))
+        print(f"preference set: {len(prefs)} pairs (a KJV verse chosen over SmolLM2's own reply), "
+              f"built in {time.monotonic() - t0:.0f} s -> {prefs_path}")
+    prefs = [json.loads(x) for x in prefs_path.read_text().splitlines()]
+    prompts_path = OUT / "prompts.txt"
+    prompts_path.write_text("\n".join(e["prompt"] for e in prefs) + "\n")
+    rms = {}
+    for half, name in ((1, "rm-train"), (2, "rm-heldout")):
+        rms[name] = train_reward(prefs_path, OUT / name, half=half, overwrite=True, log=_err)
+    held = [PROMPTS[i % len(PROMPTS)].format(t) for i, t in enumerate(held_t)]
+    return prefs_path, prompts_path, held, rms["rm-train"], rms["rm-heldout"]
+
+
+def utility(model, requests) -> float:
+    answered = 0
+    for r in requests:
+        reply = model.reply(model.new_chat(), r, temperature=0, max_new_tokens=32).strip()
+        answered += bool(reply) and not reply.lower().startswith(REFUSALS)
+    return answered / len(requests)
+
+
+def judge(name, model, base, held, rm, rm_held, requests, summary=None) -> dict:
+    from genlab.families.reward import compare
+    from genlab.llm.sample import sample_responses
+    a = compare(rm, model, base, held, log=lambda s: None)
+    b = compare(rm_held, model, base, held, log=lambda s: None)
+    texts, seqs = sample_responses(model, held, 48, seed=0)
+    row = {"method": name, "win_train": a["win_rate"], "win_train_ci": a["win_rate_ci95"],
+           "win_heldout": b["win_rate"], "win_heldout_ci": b["win_rate_ci95"], "kl": a["kl_to_baseline"],
+           "reply_tokens": sum(len(r) for _, r in seqs) / len(seqs), "utility": utility(model, requests),
+           "example": {"prompt": held[0], "reply": texts[0]}}
+    if summary:
+        row["steps"] = summary.get("iters")
+        row["s_per_step"] = summary["step_seconds"] / max(1, summary["iters"])
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", type=float, default=1800.0, help="seconds of training per method (default 1800)")
+    ap.add_argument("--only", default=",".join(METHODS), help="methods, comma-separated (dpo, rloo, ppo)")
+    ap.add_argument("--dpo-lr", type=float, default=5e-4)
+    ap.add_argument("--rl-lr", type=float, default=5e-4)
+    ap.add_argument("--kl-coef", type=float, default=0.05)
+    args = ap.parse_args()
+    methods = [m for m in args.only.split(",") if m]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        ap.error(f"unknown method(s) {', '.join(bad)} (available: {', '.join(METHODS)})")
+    from genlab.api import finetune
+    from genlab.families.finetune import load_finetuned
+    from genlab.llm.hf import HFModel
+    prefs, prompts, held, rm, rm_held = build(args)
+    requests = [x.strip() for x in (ROOT / "src/genlab/guard/data/benign.txt").read_text().splitlines()
+                if x.strip() and not x.startswith("#")][:40]
+    base = HFModel.load("smollm2")
+    rows = [judge("base", base, base, held, rm, rm_held, requests)]
+    for m in methods:
+        out = OUT / m
+        t0 = time.monotonic()
+        if m == "dpo":
+            ft = finetune("smollm2", str(prefs), out, time_budget=args.budget, lr=args.dpo_lr, beta=0.1,
+                          eval_interval=50, log=_err, **COMMON)
+        else:
+            ft = finetune("smollm2", str(prompts), out, reward=str(rm.path), heldout_reward=str(rm_held.path),
+                          algorithm=m, time_budget=args.budget, lr=args.rl_lr, kl_coef=args.kl_coef, samples=4,
+                          max_new_tokens=48, eval_interval=20, log=_err, **COMMON)
+        _err(f"{m}: trained in {time.monotonic() - t0:.0f} s")
+        rows.append(judge(m, load_finetuned(out, log=lambda *a: None), base, held, rm, rm_held, requests,
+                          ft.summary))
+    print(f"\nTone (KJV register over SmolLM2's own reply): LoRA, {args.budget:g} s of training per method; "
+          f"{len(held)} held-out topics, one sampled reply each (T = 1); reward models: held-out pair accuracy "
+          f"{rm.config['val_accuracy']:.2f} (train half), {rm_held.config['val_accuracy']:.2f} (other half)\n")
+    print("| method | steps | s/step | win vs base, training RM [95% CI] | win vs base, held-out RM [95% CI] "
+          "| KL to base (nats/reply) | reply tokens | benign answered |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        lo, hi = r["win_train_ci"]
+        lo2, hi2 = r["win_heldout_ci"]
+        steps = r.get("steps", "—")
+        sps = f"{r['s_per_step']:.1f}" if "s_per_step" in r else "—"
+        print(f"| {r['method']} | {steps} | {sps} | {r['win_train']:.2f} [{lo:.2f}, {hi:.2f}] | "
+              f"{r['win_heldout']:.2f} [{lo2:.2f}, {hi2:.2f}] | {r['kl']:.2f} | {r['reply_tokens']:.1f} | "
+              f"{r['utility']:.0%} |")
+    print()
+    for r in rows:
+        print(f"{r['method']}: {r['example']['prompt']!r} -> {r['example']['reply']!r}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps({"budget": args.budget, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
