@@ -15,8 +15,8 @@ the new base). The data decides the objective:
     chat template;
   - JSONL preference pairs: DPO against the frozen starting model (the reference);
   - with --reward RUN (a reward model), prompts (a .txt file, one per line, or JSONL with a
-    "prompt" field): RLHF's RL step, RLOO against the reward model with a KL penalty to the
-    starting model (train/rlhf.py).
+    "prompt" field): RLHF's RL step, RLOO (default) or PPO against the reward model with a
+    KL penalty to the starting model (train/rlhf.py).
 --method full trains every weight; --method lora trains a low-rank change W + (alpha/r) BA
 through `peft`, and the adapter is also saved in PEFT's format (RUN/adapter/), so other
 tools load it. The run directory keeps the genlab contract: config.json, model.safetensors
@@ -67,7 +67,7 @@ COMMON = {"batch_size": 4, "grad_accum": 1, "block_size": 256, "max_iters": None
           "warmup_iters": 10, "eval_interval": 50, "log_interval": 10, "grad_clip": 1.0,
           "schedule": "cosine", "min_lr": None, "beta": 0.1, "dtype": "float32", "eval_examples": 64,
           "grad_checkpoint": False}
-# RLHF (--reward): RLOO's settings, measured on SmolLM2-135M (benchmarks/rlhf.py).
+# RLHF (--reward): the RL step's settings (benchmarks/rlhf.py measures them on SmolLM2-135M).
 RL_LR = {"full": 1e-5, "lora": 5e-4}
 RL = {"algorithm": "rloo", "samples": 4, "kl_coef": 0.05, "kl_target": None, "length_penalty": 0.0, "max_new_tokens": 48,
       "temperature": 1.0}
@@ -211,8 +211,10 @@ def _prepare(config, base, tok, template, payload, engine, log):
 
 
 def _rl_task(config, model, lm, tok, template, train, val, pad_id, engine, kw, log):
-    """RLOO against the run's reward model; the reference is the starting model (the base
-    with the LoRA adapter switched off, or a frozen copy for a full fine-tune)."""
+    """RLOO or PPO against the run's reward model; the reference is the starting model (the
+    base with the LoRA adapter switched off, or a frozen copy for a full fine-tune). The
+    prompts are checked against the context here too, for --resume (fresh runs check them
+    before anything is written)."""
     t = config["train"]
     rm = RewardModel(config["data"]["reward"])
     held = config["data"].get("heldout_reward")
