@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import genlab
@@ -94,7 +95,7 @@ def test_calibration_keeps_per_token_ranges_only_where_they_matter():
     for x, want in ((even, 0), (uneven, 1)):
         m = torch.nn.Sequential(torch.nn.Linear(64, 64))
         m[0].load_state_dict(lin.state_dict())
-        n, per_token = int8(m, lambda m=m, x=x: m(x), 0.0)
+        n, per_token, _ = int8(m, lambda m=m, x=x: m(x), 0.0)
         assert (n, per_token, int(m[0].per_token.item())) == (1, want, want)
         err = float((m(uneven) - lin(uneven)).norm() / lin(uneven).norm())
         assert (err < 0.02) == bool(want)   # one range per call cannot hold such tokens
@@ -122,8 +123,10 @@ def test_quantized_gpt_ties_its_embedding_and_reloads_bit_exactly(tmp_path):
 
 
 def test_compress_int8_gpt_run_through_the_cli(gpt_run, tmp_path):
+    """--int8-layers all: every layer in int8 (4x smaller). The default keeps float where
+    int8 is slower (on this tiny GPT, the batch-1 products) and says where and why."""
     out = tmp_path / "int8"
-    r = cli("compress", gpt_run, "--quantize", "int8", "--out", out, "--eval-tokens", "4096",
+    r = cli("compress", gpt_run, "--quantize", "int8", "--int8-layers", "all", "--out", out, "--eval-tokens", "4096",
             "--gen-tokens", "8", "--batch", "4")
     assert r.returncode == 0, r.stderr
     assert "| original |" in r.stdout and "| compressed |" in r.stdout and "tokens/s" in r.stdout
@@ -247,7 +250,7 @@ def test_distilled_student_learns_the_teachers_distribution(gpt_run, tmp_path):
 def test_int8_hugging_face_directory_loads_and_scores_like_the_original(gpt_run, tmp_path):
     from genlab.families import load_model as load_text_model
     hf = genlab.export(gpt_run, tmp_path / "hf", log=lambda *a: None)
-    rep = genlab.compress(str(hf), tmp_path / "hf8", quantize="int8", **FAST)
+    rep = genlab.compress(str(hf), tmp_path / "hf8", quantize="int8", int8_layers="all", **FAST)
     a, b = rep["rows"]
     assert a["disk_bytes"] / b["disk_bytes"] > 3.0 and abs(b["val_loss"] - a["val_loss"]) / a["val_loss"] < 0.01
     cfg = json.loads((tmp_path / "hf8" / "config.json").read_text())
@@ -260,7 +263,7 @@ def test_int8_hugging_face_directory_loads_and_scores_like_the_original(gpt_run,
 
 
 def test_vae_run_quantizes_and_prunes_with_its_test_loss(trained_run, tmp_path):
-    rep = genlab.compress(str(trained_run), tmp_path / "v8", quantize="int8", log=lambda *a: None)
+    rep = genlab.compress(str(trained_run), tmp_path / "v8", quantize="int8", int8_layers="all", log=lambda *a: None)
     a, b = rep["rows"]
     assert "test_loss" in a and "tokens_per_s" not in a and a["disk_bytes"] / b["disk_bytes"] > 3.0
     assert abs(b["test_loss"] - a["test_loss"]) / a["test_loss"] < 0.01
@@ -328,3 +331,44 @@ def test_smollm2_int8_is_four_times_smaller_and_keeps_its_perplexity(tmp_path):
     r = cli("generate", tmp_path / "s8", "--system", "Answer in one word.", "--prompt",
             "What is the capital of France?", "--max-new-tokens", "8", "--temperature", "0")
     assert r.returncode == 0 and "Paris" in r.stdout, r.stdout + r.stderr
+
+
+# -- int8 that never slows a layer down ---------------------------------------------------------
+
+def test_int8_timing_keeps_float_where_int8_loses():
+    """A tiny layer at one token: fbgemm's quantize-multiply-rescale costs more than the float
+    product, so it stays float. A large one: int8 moves a quarter of the bytes and wins."""
+    from genlab.compress.quantize import slower_in_int8
+    torch.manual_seed(0)
+    small, large = nn.Linear(32, 32, bias=False), nn.Linear(4096, 4096, bias=False)
+    why = slower_in_int8(small, Int8Linear.from_float(small), (1,))
+    assert why is not None and "at 1 token" in why and "int8" in why and "float" in why
+    assert slower_in_int8(large, Int8Linear.from_float(large), (1,)) is None
+
+
+def test_default_int8_lists_the_layers_it_kept_float_and_reloads(gpt_run, tmp_path):
+    out = tmp_path / "timed"
+    r = cli("compress", gpt_run, "--quantize", "int8", "--out", out, "--eval-tokens", "2048", "--gen-tokens", "8",
+            "--batch", "4")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((out / "config.json").read_text())
+    kept = cfg["compress"]["float_layers"]
+    assert all("int8" in why and "us vs float" in why for why in kept.values())
+    run = genlab.load(out)
+    names = {n for n, m in run.model.named_modules() if isinstance(m, Int8Linear)}
+    linears = {n for n, m in run.model.named_modules() if isinstance(m, (nn.Linear, Int8Linear))}
+    assert names == linears - set(kept) and set(kept) <= linears
+    if kept:
+        assert "kept in float" in r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert isinstance(rep["slower"], list)
+    assert run.generate("ROMEO:", 10, temperature=0)
+
+
+def test_the_report_flags_a_slower_compressed_model():
+    from genlab.compress.report import slower, table
+    a = {"model": "original", "params": 10, "disk_bytes": 100, "latency_b1_ms": 1.0, "latency_batch_ms": 4.0,
+         "batch": 8, "tokens_per_s": 100.0}
+    b = dict(a, model="compressed", latency_b1_ms=1.5, tokens_per_s=80.0)
+    assert "SLOWER" in table([a, b]) and slower([a, b]) == ["latency at batch 1", "generation (tokens/s)"]
+    assert "SLOWER" not in table([a, dict(a, model="compressed")])

@@ -40,7 +40,7 @@ from .families.lm import LMRun
 from .guard import attacks as _attacks, gcg as _gcg, report as _greport
 from .guard.attacks import ATTACKS as GUARD_ATTACKS
 from .guard.levels import LEVELS as GUARD_LEVELS, GuardedModel, check_level, check_secret, read_history
-from .llm.generate import GENERATION_OPTIONS
+from .llm.generate import GENERATION_OPTIONS, NUM_SAMPLES, stats_line
 from .llm.hf import classify, list_models
 from .metrics.classifier import get_classifier
 from .metrics.inception import load_inception
@@ -51,7 +51,8 @@ from .util.errors import GenlabError, check
 Run = ImageRun  # the name earlier genlab gave the image run class
 EXPORT_FORMATS = ("hf",)  # a Hugging Face directory
 
-__all__ = ["CORPORA", "DEVICE", "GENERATION_OPTIONS", "GUARD_ATTACKS", "GUARD_LEVELS", "guard", "guard_attack", "guard_gcg",
+__all__ = ["CORPORA", "DEVICE", "GENERATION_OPTIONS", "NUM_SAMPLES", "stats_line",
+           "GUARD_ATTACKS", "GUARD_LEVELS", "guard", "guard_attack", "guard_gcg",
            "read_history", "read_suffix", "IMAGE_OPTIONS", "IW_SAMPLES", "N", "N_SAMPLES", "PAIRS",
            "PER_PROMPT",
            "STEPS", "TRUNC", "GenlabError", "LMRun", "Run", "compress", "corpora", "data_info", "dataset_classifier",

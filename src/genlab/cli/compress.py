@@ -22,6 +22,8 @@ def register(commands) -> None:
         "                      activations quantized per call and per token (fbgemm int8 kernels on\n"
         "                      CPU); outlier activation channels are smoothed into the weights\n"
         "                      (SmoothQuant, --smooth), calibrated on a few batches of training data.\n"
+        "                      Layers where int8 is slower than float on this machine stay float\n"
+        "                      (the report names them; --int8-layers all: int8 everywhere).\n"
         "  --distill --student \"layers=2,dim=128\"   (GPT runs) train a smaller GPT on the teacher's\n"
         "                      temperature-softened outputs plus the data loss (--temperature, --alpha).\n"
         "What applies: GPT runs all of these; Hugging Face models, VAE and GAN runs --prune and\n"
@@ -46,6 +48,9 @@ def register(commands) -> None:
     cp.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
                     help="--quantize: SmoothQuant strength in [0, 1), calibrated on training data (default 0.7; "
                          "0: plain per-token int8)")
+    cp.add_argument("--int8-layers", default="faster", choices=["faster", "all"],
+                    help="--quantize: faster (default): every layer is timed in float and int8 on its real "
+                         "shapes and stays float where int8 is slower; all: int8 everywhere (smallest file)")
     cp.add_argument("--distill", action="store_true", help="train a smaller student on the model's outputs")
     cp.add_argument("--student", default=None, metavar="SPEC",
                     help='layers=N,dim=D[,heads=H][,inner=I]; unnamed settings follow the teacher')
@@ -72,7 +77,8 @@ def _compress(a) -> None:
     rep = api.compress(a.model, a.out, prune=a.prune, structured=a.structured, quantize=a.quantize,
                        distill=a.distill, student=a.student, finetune_steps=a.finetune_steps,
                        steps=a.steps, time_budget=a.time_budget, temperature=a.temperature,
-                       alpha=a.alpha, lr=a.lr, smooth=a.smooth, eval_tokens=a.eval_tokens, batch=a.batch,
+                       alpha=a.alpha, lr=a.lr, smooth=a.smooth, int8_layers=a.int8_layers,
+                       eval_tokens=a.eval_tokens, batch=a.batch,
                        gen_tokens=a.gen_tokens, fid_samples=a.fid_samples, seed=a.seed,
                        overwrite=a.overwrite, progress=False if a.no_progress else None, log=note)
     print(rep["table"])

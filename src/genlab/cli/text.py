@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from .. import api
-from ..util.errors import GenlabError
+from ..util.errors import GenlabError, check as _check
 from .options import add, add_one, command, note, warn
 
 
@@ -31,6 +31,10 @@ def register(commands) -> None:
     g.add_argument("--prompt", required=True, help="the text to continue")
     _generation(g, 500)
     g.add_argument("--no-cache", action="store_true", help="no KV cache (slower; the reference)")
+    add_one(g, api.NUM_SAMPLES, 1)
+    g.add_argument("--stats", action="store_true",
+                   help="print the decode speed on stderr: tokens/s after the first token, the first "
+                        "token's latency (prompt processing) apart")
     g.set_defaults(func=_generate)
 
     c = command(
@@ -50,7 +54,21 @@ def _kw(a) -> dict:
 
 
 def _generate(a) -> int:
+    api.NUM_SAMPLES.validate(a.num_samples)
     run = api.load_model(a.run, log=note, device=a.device)
+    if a.num_samples > 1:
+        _check(not a.no_cache, "--num-samples decodes a batch with the KV cache: leave out --no-cache")
+        prompt, stop = a.prompt, None
+        if a.system is not None:
+            chat = run.new_chat(a.system)
+            chat.add("user", a.prompt)
+            prompt, stop = chat.prompt(), chat.template.stop
+        texts = run.generate_many(prompt, a.num_samples, **_kw(a), stop=stop, warn=warn)
+        for i, t in enumerate(texts):
+            print(f"--- sample {i + 1} of {len(texts)} ---")
+            print((a.prompt if a.system is None else "") + t)
+        _stats(a, run)
+        return 0
     if a.system is not None:
         chat = run.new_chat(a.system)
         stream = run.reply_stream(chat, a.prompt, **_kw(a), warn=warn, use_cache=not a.no_cache)
@@ -66,7 +84,14 @@ def _generate(a) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    _stats(a, run)
     return 0
+
+
+def _stats(a, run) -> None:
+    if a.stats and run.last_stats:
+        sys.stdout.flush()
+        print(api.stats_line(run.last_stats), file=sys.stderr)
 
 
 def _chat(a) -> int:

@@ -23,6 +23,7 @@ HF_METHODS = ("--prune", "--quantize int8")
 IMAGE_METHODS = ("--prune", "--quantize int8")
 GPT_RUN, HF_MODEL = "a genlab GPT run", "a Hugging Face model"
 QUANTIZE = ("int8",)
+INT8_LAYERS = ("faster", "all")
 
 
 def _applies() -> dict:
@@ -79,7 +80,7 @@ def compress(model: str, out, *, prune: float | None = None, structured: bool = 
              quantize: str | None = None, distill: bool = False, student: str | None = None,
              finetune_steps: int = 0, steps: int | None = None, time_budget: float | None = None,
              temperature: float = 2.0, alpha: float = 0.9, lr: float | None = None, smooth: float | None = None,
-             eval_tokens: int | None = None, batch: int | None = None, gen_tokens: int = 64,
+             int8_layers: str = "faster", eval_tokens: int | None = None, batch: int | None = None, gen_tokens: int = 64,
              fid_samples: int = 2000, seed: int = 0, overwrite: bool = False, progress=None,
              log=print) -> dict:
     """Prune, quantize (int8) and/or distil `model` -- a genlab GPT run, `smollm2` or a
@@ -87,6 +88,9 @@ def compress(model: str, out, *, prune: float | None = None, structured: bool = 
     and the compressed model side by side. Returns the report: {"rows": [...], "table": str}
     (also written to out/report.json and out/report.md)."""
     smooth = DEFAULT_ALPHA if smooth is None else smooth
+    if int8_layers not in INT8_LAYERS:
+        raise GenlabError(f"--int8-layers {int8_layers}: unknown (faster or all)")
+    timed = int8_layers == "faster"
     if lr is not None and not lr > 0:
         raise GenlabError(f"--lr must be > 0, not {lr}")
     opts = dict(prune=prune, structured=structured, quantize=quantize, distill=distill, student=student,
@@ -98,7 +102,8 @@ def compress(model: str, out, *, prune: float | None = None, structured: bool = 
         run_class = fam.run_class
         if issubclass(run_class, ImageRun):
             check_options(f"a {fam.title} run", **opts)
-            return compress_images(where, out, prune=prune, quantize=quantize, smooth=smooth, batch=batch or 256,
+            return compress_images(where, out, prune=prune, quantize=quantize, smooth=smooth, timed=timed,
+                                   batch=batch or 256,
                                    fid_samples=fid_samples, overwrite=overwrite, log=log)
         if not issubclass(run_class, LMRun):
             hint = " (merge a fine-tuning run first: genlab merge)" if hasattr(run_class, "merge") else ""
@@ -106,12 +111,12 @@ def compress(model: str, out, *, prune: float | None = None, structured: bool = 
             raise GenlabError(f"{where}: {fam.a_run}; compress takes genlab GPT runs, image runs ({images}) "
                               f"and Hugging Face models{hint}")
         check_options(GPT_RUN, **opts)
-        run_opts = dict(opts, lr=lr, seed=seed, overwrite=overwrite, eval_tokens=eval_tokens, batch=batch,
+        run_opts = dict(opts, lr=lr, seed=seed, timed=timed, overwrite=overwrite, eval_tokens=eval_tokens, batch=batch,
                         gen_tokens=gen_tokens)
         return compress_gpt_run(where, out, opts=run_opts, progress=progress, log=log)
     if kind == "adapter":
         raise GenlabError(f"{where}: a LoRA adapter; merge it into its base first (genlab merge), then compress that")
     check_options(HF_MODEL, **opts)
-    return compress_hf_model(model, out, opts=dict(opts, overwrite=overwrite, eval_tokens=eval_tokens, batch=batch,
-                                                   gen_tokens=gen_tokens), log=log)
+    return compress_hf_model(model, out, opts=dict(opts, timed=timed, overwrite=overwrite, eval_tokens=eval_tokens,
+                                                   batch=batch, gen_tokens=gen_tokens), log=log)
 

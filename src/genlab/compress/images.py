@@ -18,7 +18,7 @@ from ..runs import RunDir
 from ..util.errors import check
 from .lm import count_weights, prepare_out
 from .prune import magnitude_prune, sparsity
-from .quantize import int8
+from .quantize import float_note, int8
 from .report import image_rows, write_report
 
 
@@ -40,7 +40,7 @@ def _quality(run, data, clf, ref, fid_samples: int) -> dict:
     return {"fid": fid(ref, clf.features(run.sample(fid_samples, seed=0)))}
 
 
-def compress_images(src, out, *, prune, quantize, smooth: float, batch: int, fid_samples: int,
+def compress_images(src, out, *, prune, quantize, smooth: float, batch: int, timed: bool = True, fid_samples: int,
                     overwrite: bool, log) -> dict:
     orig = load(src)
     quantized = bool(orig.config.get("compress", {}).get("quantize"))
@@ -60,10 +60,10 @@ def compress_images(src, out, *, prune, quantize, smooth: float, batch: int, fid
         info["prune"] = {"amount": prune, "structured": False, "zeros": z, "prunable": n, "sparsity": z / n}
     if quantize:
         batches, what = _calibration(work, torch.Generator().manual_seed(0))
-        n, pt = int8(target, batches, smooth)
+        n, pt, kept = int8(target, batches, smooth, timed_rows=(1, batch) if timed else None)
         log(f"int8: {n} Linear layers quantized (convolutions stay float32), per-token activations in {pt}; "
-            f"smoothing alpha {smooth:g}; calibrated on 512 {what}")
-        info.update(quantize=quantize, smooth_alpha=smooth, per_token_layers=pt)
+            f"smoothing alpha {smooth:g}; calibrated on 512 {what}" + float_note(kept))
+        info.update(quantize=quantize, smooth_alpha=smooth, per_token_layers=pt, float_layers=kept)
     run = RunDir(out)
     run.prepare_new(overwrite=overwrite)
     for stale in ("report.json", "report.md"):

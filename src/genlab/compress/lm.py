@@ -28,7 +28,7 @@ from ..util.io import write_text_atomic
 from ..util.version import __version__
 from .distill import DistillTask, parse_student
 from .prune import apply_masks, magnitude_prune, prune_gpt_structured, sparsity
-from .quantize import DEFAULT_ALPHA, int8
+from .quantize import DEFAULT_ALPHA, float_note, int8
 from .report import lm_rows, threads_note, write_report
 
 CALIBRATION_WINDOWS = 8   # windows of training text that calibrate int8 smoothing
@@ -78,7 +78,8 @@ def compress_gpt(src: Path, out: RunDir, *, prune: float | None = None, structur
                  quantize: str | None = None, distill: bool = False, student: str | None = None,
                  finetune_steps: int = 0, steps: int | None = None, time_budget: float | None = None,
                  temperature: float = 2.0, alpha: float = 0.9, lr: float | None = None,
-                 smooth: float = DEFAULT_ALPHA, seed: int = 0, progress=None, log=print) -> dict:
+                 smooth: float = DEFAULT_ALPHA, timed: bool = True, seed: int = 0, progress=None,
+                 log=print) -> dict:
     """Compress the genlab GPT run at `src` into the new run `out` (prepared by the
     caller). Order: distil a student, prune (then fine-tune `finetune_steps` with the
     pruned weights held at zero), quantize. Returns the `compress` section written to
@@ -153,10 +154,10 @@ def compress_gpt(src: Path, out: RunDir, *, prune: float | None = None, structur
         g = torch.Generator().manual_seed(seed)
         starts = torch.randint(0, len(data["train"]) - block - 1, (CALIBRATION_WINDOWS,), generator=g).tolist()
         x, _ = windows(data["train"], starts, block)
-        n, pt = int8(model, lambda: model(x), smooth)
+        n, pt, kept = int8(model, lambda: model(x), smooth, timed_rows=(1, block) if timed else None)
         log(f"int8: {n} layers quantized (per-channel int8 weights; int8 activations, per token in {pt} of them; "
-            f"smoothing alpha {smooth:g}; calibrated on {CALIBRATION_WINDOWS} training windows)")
-        info.update(quantize=quantize, smooth_alpha=smooth, per_token_layers=pt,
+            f"smoothing alpha {smooth:g}; calibrated on {CALIBRATION_WINDOWS} training windows)" + float_note(kept))
+        info.update(quantize=quantize, smooth_alpha=smooth, per_token_layers=pt, float_layers=kept,
                     calibration=f"{CALIBRATION_WINDOWS} windows of the training split")
     new_config["compress"] = {**config.get("compress", {}), **info}
     new_config["model"] = model.cfg.to_dict()
@@ -185,7 +186,8 @@ HF_INT8_KEY = "genlab_quantization"
 
 
 def compress_hf(spec: str, out: Path, *, prune: float | None = None, quantize: str | None = None,
-                smooth: float = DEFAULT_ALPHA, calibration: str = "shakespeare", log=print) -> dict:
+                smooth: float = DEFAULT_ALPHA, calibration: str = "shakespeare", timed: bool = True,
+                log=print) -> dict:
     """Unstructured prune and/or int8 of a Hugging Face causal LM, written as a Hugging
     Face directory at `out` (config, tokenizer, model.safetensors; int8 tensors when
     quantized, which genlab's loader rebuilds)."""
@@ -211,12 +213,14 @@ def compress_hf(spec: str, out: Path, *, prune: float | None = None, quantize: s
         text = load_corpus(calibration, quiet=True).text("train")[:40_000]
         ids = torch.tensor(_encode(tok, text)[:4 * window])
         _check(len(ids) == 4 * window, f"{calibration}: too little training text to calibrate on")
-        n, pt = int8(model, lambda: model(input_ids=ids.view(4, window)), smooth)
+        n, pt, kept = int8(model, lambda: model(input_ids=ids.view(4, window)), smooth,
+                          timed_rows=(1, window) if timed else None)
         log(f"int8: {n} layers quantized (per-channel int8 weights; int8 activations, per token in {pt} of them; "
-            f"smoothing alpha {smooth:g}; calibrated on {4 * window} tokens of {calibration}'s training split)")
-        info.update(quantize=quantize, smooth_alpha=smooth, per_token_layers=pt,
+            f"smoothing alpha {smooth:g}; calibrated on {4 * window} tokens of {calibration}'s training split)"
+            + float_note(kept))
+        info.update(quantize=quantize, smooth_alpha=smooth, per_token_layers=pt, float_layers=kept,
                     calibration=f"{4 * window} tokens of {calibration} (training split)")
-        model.config.update({HF_INT8_KEY: quantize})
+        model.config.update({HF_INT8_KEY: quantize, "genlab_float_layers": kept})
         model.config.save_pretrained(out)
         RunDir(out).save_weights(model)
     else:
@@ -255,7 +259,8 @@ def compress_gpt_run(where, out, *, opts: dict, progress=None, log=print) -> dic
     compress_gpt(Path(where), run, prune=opts["prune"], structured=opts["structured"], quantize=opts["quantize"],
                  distill=opts["distill"], student=opts["student"], finetune_steps=opts["finetune_steps"],
                  steps=opts["steps"], time_budget=opts["time_budget"], temperature=opts["temperature"],
-                 alpha=opts["alpha"], lr=opts["lr"], smooth=opts["smooth"], seed=opts["seed"], progress=progress,
+                 alpha=opts["alpha"], lr=opts["lr"], smooth=opts["smooth"], timed=opts["timed"], seed=opts["seed"],
+                 progress=progress,
                  log=log)
     return measure_lm(str(where), out, gpt=True, eval_tokens=opts["eval_tokens"], batch=opts["batch"],
                       gen_tokens=opts["gen_tokens"], log=log)
@@ -271,7 +276,8 @@ def compress_hf_model(spec, out, *, opts: dict, log=print) -> dict:
                f"{out}: not a model genlab compress wrote; --overwrite replaces only those")
         shutil.rmtree(out)
     try:
-        compress_hf(spec, out, prune=opts["prune"], quantize=opts["quantize"], smooth=opts["smooth"], log=log)
+        compress_hf(spec, out, prune=opts["prune"], quantize=opts["quantize"], smooth=opts["smooth"],
+                    timed=opts["timed"], log=log)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise

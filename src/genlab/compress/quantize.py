@@ -10,6 +10,8 @@ alpha = 0 is plain per-token dynamic quantization.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn as nn
 
@@ -61,28 +63,91 @@ def smoothing(module: nn.Module, amax: dict[str, torch.Tensor], alpha: float) ->
     return out
 
 
+def _FBGEMM_CPU(module) -> bool:
+    p = next(module.parameters(), None)
+    return "fbgemm" in torch.backends.quantized.supported_engines and (p is None or p.device.type == "cpu")
+
+
+def _min_ms(fns: list, x: torch.Tensor, rounds: int = 7, target_s: float = 0.002) -> list[float]:
+    """The fastest of `rounds` alternating rounds (milliseconds per call) of each fn(x),
+    each round repeating the call for about `target_s`."""
+    for fn in fns:
+        fn(x)
+    t0 = time.perf_counter()
+    fns[0](x)
+    reps = max(1, min(200, int(target_s / max(time.perf_counter() - t0, 1e-7))))
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn(x)
+            best[i] = min(best[i], (time.perf_counter() - t0) / reps * 1e3)
+    return best
+
+
 @torch.no_grad()
-def int8(module: nn.Module, batches=None, alpha: float = DEFAULT_ALPHA, tolerance: float = 1.0) -> tuple[int, int]:
+def slower_in_int8(lin: nn.Module, q: Int8Linear, rows: tuple = (1,)) -> str | None:
+    """Why int8 loses to float on this layer (None: it does not), timed on inputs of each
+    row count in `rows` (1: a decode step; more: prompt processing, scoring). Each is
+    called as genlab's decoders call it: the float layer's kernel directly, the int8
+    layer as a module."""
+    w, b = float_weight(lin).detach(), lin.bias
+    fp = lambda x: torch.nn.functional.linear(x, w, b)  # noqa: E731
+    for n in rows:
+        x = torch.randn(n, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.device)
+        t_float, t_int8 = _min_ms([fp, q], x)
+        if t_int8 > t_float:
+            return f"int8 {t_int8 * 1e3:.0f} us vs float {t_float * 1e3:.0f} us at {n} token{'s' * (n > 1)}"
+    return None
+
+
+def float_note(kept: dict) -> str:
+    """What the log says about the layers timing kept in float."""
+    if not kept:
+        return "; int8 was at least as fast as float on every layer"
+    first = next(iter(kept.items()))
+    return (f"; {len(kept)} layer{'s' * (len(kept) > 1)} kept in float, where int8 was slower "
+            f"(e.g. {first[0]}: {first[1]}; all in the config's compress.float_layers)")
+
+
+@torch.no_grad()
+def int8(module: nn.Module, batches=None, alpha: float = DEFAULT_ALPHA, tolerance: float = 1.0,
+         timed_rows: tuple | None = None) -> tuple[int, int, dict]:
     """Quantize `module`'s Linear layers to int8 in place (plain per-token int8 without
     `batches`). With calibration batches: smoothing factors from their activation ranges,
     and, per layer, one int8 range per call (faster) instead of one per token wherever
     that keeps the layer's mean relative output error on the calibration tokens within
     `tolerance` times the per-token error (Gaussian tokens: 1.5x; tokens of very
-    different sizes: 40x). Returns (layers replaced, layers left with per-token ranges)."""
+    different sizes: 40x). With `timed_rows` (row counts, such as (1, 256)), every layer
+    is timed in float and in int8 at those shapes and stays float where int8 is slower.
+    Returns (layers in int8, int8 layers with per-token ranges, {layer kept float: why})."""
     if batches is None:
         n = quantize_int8(module)
-        return n, n
+        return n, n, {}
+    timed_rows = timed_rows if _FBGEMM_CPU(module) else None   # weight-only int8 elsewhere: nothing to time
     stats = calibrate(module, batches)
     floats = linear_layers(module)
-    n = quantize_int8(module, smooth=smoothing(module, {k: a for k, (a, _) in stats.items()}, alpha))
-    for name, q in module.named_modules():
-        if isinstance(q, Int8Linear) and name in stats:
+    smooth = smoothing(module, {k: a for k, (a, _) in stats.items()}, alpha)
+    per_token, kept = {}, {}
+    for name, lin in floats.items():
+        q = Int8Linear.from_float(lin, smooth.get(name))
+        if name in stats:
             x = stats[name][1]
-            ref = floats[name](x)
+            ref = lin(x)
             xs = x / q.smooth
             # mean relative error per token: a small token rounded away counts as much as a large one
             err = [float(((q.matmul(xs, pt) - ref).norm(dim=-1) / ref.norm(dim=-1).clamp(min=1e-12)).mean())
                    for pt in (True, False)]
-            q.per_token.fill_(int(err[1] > tolerance * err[0]))
+            per_token[name] = int(err[1] > tolerance * err[0])
+            q.per_token.fill_(per_token[name])
+        if timed_rows:
+            why = slower_in_int8(lin, q, timed_rows)
+            if why:
+                kept[name] = why
+    n = quantize_int8(module, skip=set(kept), smooth=smooth)
+    for name, q in module.named_modules():
+        if isinstance(q, Int8Linear) and name in per_token:
+            q.per_token.fill_(per_token[name])
             q._flags = None
-    return n, sum(int(m.per_token.item()) for m in module.modules() if isinstance(m, Int8Linear))
+    return n, sum(int(m.per_token.item()) for m in module.modules() if isinstance(m, Int8Linear)), kept

@@ -118,6 +118,21 @@ def _size(b: int) -> str:
     return str(b)
 
 
+def _speed(ratio: float, word: str = "") -> str:
+    """A speed ratio (new / old); below 1 it is flagged, not just shown."""
+    return f"{ratio:.2f}x{word}" if ratio >= 1 else f"**{ratio:.2f}x: SLOWER**"
+
+
+def slower(rows: list[dict]) -> list[str]:
+    """The measures on which the compressed model (last row) is slower than the original."""
+    a, b = rows[0], rows[-1]
+    out = [f"latency at batch {k}" for k, key in ((1, "latency_b1_ms"), (a["batch"], "latency_batch_ms"))
+           if b[key] > a[key]]
+    if "tokens_per_s" in a and "tokens_per_s" in b and b["tokens_per_s"] < a["tokens_per_s"]:
+        out.append("generation (tokens/s)")
+    return out
+
+
 def table(rows: list[dict]) -> str:
     """A Markdown table of the rows, with the last row's ratio to the first beneath."""
     quality = [k for k in QUALITY if all(k in r for r in rows)]
@@ -136,10 +151,10 @@ def table(rows: list[dict]) -> str:
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
         cells = ["change", f"{b['params'] / a['params']:.2f}x", f"{a['disk_bytes'] / b['disk_bytes']:.2f}x smaller",
-                 f"{a['latency_b1_ms'] / b['latency_b1_ms']:.2f}x speed-up",
-                 f"{a['latency_batch_ms'] / b['latency_batch_ms']:.2f}x speed-up"]
+                 _speed(a['latency_b1_ms'] / b['latency_b1_ms'], " speed-up"),
+                 _speed(a['latency_batch_ms'] / b['latency_batch_ms'], " speed-up")]
         if "tokens/s" in heads:
-            cells.append(f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}x")
+            cells.append(_speed(b['tokens_per_s'] / a['tokens_per_s']))
         cells += [f"{(b[k] - a[k]) / abs(a[k]):+.2%}" for k in quality]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -152,7 +167,11 @@ def threads_note() -> str:
 def write_report(out: Path, rows: list[dict], extra: dict) -> dict:
     """Write report.json (every figure) and report.md (the table) into `out`."""
     text = table(rows)
-    rep = {**extra, "rows": rows, "table": text, "out": str(out)}
+    slow = slower(rows) if len(rows) >= 2 else []
+    if slow:
+        text += ("\n\nThe compressed model is slower than the original in " + ", ".join(slow)
+                 + " on this machine (compress.float_layers in its config lists the layers int8 would have slowed).")
+    rep = {**extra, "rows": rows, "table": text, "slower": slow, "out": str(out)}
     write_text_atomic(out / "report.json", json.dumps(rep, indent=2))
     write_text_atomic(out / "report.md", text + "\n")
     return rep

@@ -282,7 +282,7 @@ class ImageRun:
         self.family = self.config.get("family")
         self.model = self.family_plugin.build(self.path, self.config)
         if self.config.get("compress", {}).get("quantize"):
-            quantize_int8(self.compress_target())
+            quantize_int8(self.compress_target(), skip=set(self.config["compress"].get("float_layers", {})))
         self.dir.load_weights(self.model)
         self.device = Engine.create(device).device
         self.model.to(self.device).eval()

@@ -19,6 +19,7 @@ from ..data.tokenizer import KINDS as TOKENIZER_KINDS, encoded_corpus, load_toke
 from ..llm.chat import PLAIN_TEMPLATE, ChatTemplate
 from ..llm.export import gpt_to_hf, write_hf
 from ..llm.generate import TextModel, read_eval_file
+from ..models.decode import decode_gpt
 from ..models.gpt import GPT, GPTConfig
 from ..models.int8 import quantize_int8
 from ..plots import save_loss_plot
@@ -83,7 +84,7 @@ def build_gpt(config: dict) -> GPT:
     """The (unloaded) GPT a run's config describes, int8 layers and all."""
     model = GPT(GPTConfig(**{k: v for k, v in config["model"].items() if k != "arch"}))
     if config.get("compress", {}).get("quantize"):
-        quantize_int8(model)
+        quantize_int8(model, skip=set(config["compress"].get("float_layers", {})))
     return model
 
 
@@ -152,9 +153,18 @@ class LMRun(TextModel):
         return self.model(None, embeds=embeds)[0]
 
     def _token_ids(self, ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache):
-        idx = torch.tensor([ids], device=self.device)
-        return self.model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, generator=generator, use_cache=use_cache)
+        if not use_cache:  # the reference: every token re-runs the window
+            idx = torch.tensor([ids], device=self.device)
+            return self.model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                                       top_p=top_p, generator=generator, use_cache=False)
+        return (row[0] for row in decode_gpt(self.model, ids, max_new_tokens, 1, temperature, top_k, top_p, generator))
+
+    def decode_path(self, use_cache: bool = True) -> str:
+        return "genlab's GPT decoder" if use_cache else "reference path, no cache"
+
+    def _token_rows(self, ids, max_new_tokens, num, temperature, top_k, top_p, generator) -> list:
+        steps = list(decode_gpt(self.model, ids, max_new_tokens, num, temperature, top_k, top_p, generator))
+        return [list(r) for r in zip(*steps)] if steps else [[] for _ in range(num)]
 
     def corpus_data(self, log=None) -> tuple:
         """(corpus, encoded splits) of the corpus the run was trained on."""

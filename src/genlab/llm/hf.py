@@ -30,8 +30,10 @@ import torch.nn.functional as F
 
 from ..data.sources import data_root
 from ..data.text import load_corpus
+from ..models.decode import decode
 from ..models.gpt import sample_next
 from ..models.int8 import quantize_int8
+from ..models.llama import LlamaDecoder, llama_shaped
 from ..runs import RunDir
 from ..util.device import resolve_device
 from ..util.errors import GenlabError, check as _check
@@ -241,11 +243,11 @@ def load_pretrained(spec: str, log=print, factor: float = 1.3, what: str | None 
 
 def _load_int8(where: Path, config):
     """A model `genlab compress --quantize int8` wrote: the architecture from its config,
-    its Linear layers in genlab's int8 layout, then the int8 weights (names and shapes
-    checked)."""
+    its Linear layers in genlab's int8 layout (but those calibration kept float, since
+    int8 was slower there), then the weights (names and shapes checked)."""
     from transformers import AutoModelForCausalLM  # heavy: see load_pretrained
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    quantize_int8(model)
+    quantize_int8(model, skip=set(getattr(config, "genlab_float_layers", None) or {}))
     RunDir(where).load_weights(model)
     return model
 
@@ -392,8 +394,54 @@ class HFModel(TextModel):
     def chat_model(self) -> bool:
         return not isinstance(self.template, ChatTemplate) or bool(getattr(self.tokenizer, "chat_template", None))
 
-    @torch.inference_mode()
+    def fast_path(self) -> str | None:
+        """None when genlab's Llama decoder can decode this model, else why not."""
+        return llama_shaped(self.model)
+
+    def decode_path(self, use_cache: bool = True) -> str:
+        if not use_cache:
+            return "transformers, no cache"
+        return "genlab's Llama decoder" if self.fast_path() is None else "transformers (no fast path)"
+
+    def _fast_note(self) -> str | None:
+        why = self.fast_path()
+        if why is None or getattr(self, "_noted", False):
+            return None
+        self._noted = True
+        return f"no fast decode path for this model ({why}): transformers decodes it"
+
+    def _llama_decoder(self, ids: list, max_new_tokens: int, batch: int) -> LlamaDecoder:
+        return LlamaDecoder(self.model, batch, min(self.context, len(ids) + max_new_tokens))
+
+    def _token_rows(self, ids, max_new_tokens, num, temperature, top_k, top_p, generator) -> list:
+        if self.fast_path() is not None:
+            return super()._token_rows(ids, max_new_tokens, num, temperature, top_k, top_p, generator)
+        rows, done = [[] for _ in range(num)], [False] * num
+        steps = decode(self._llama_decoder(ids, max_new_tokens, num), ids, max_new_tokens, self.context,
+                       temperature, top_k, top_p, generator)
+        for step in steps:
+            for r, t in enumerate(step):
+                if not done[r]:
+                    done[r] = t in self.eos
+                    if not done[r]:
+                        rows[r].append(t)
+            if all(done):
+                break
+        return rows
+
     def _token_ids(self, ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache) -> Iterator[int]:
+        if use_cache and self.fast_path() is None:
+            for (nxt,) in decode(self._llama_decoder(ids, max_new_tokens, 1), ids, max_new_tokens, self.context,
+                                 temperature, top_k, top_p, generator):
+                if nxt in self.eos:
+                    return
+                yield nxt
+            return
+        yield from self._hf_token_ids(ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
+
+    @torch.inference_mode()
+    def _hf_token_ids(self, ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache) -> Iterator[int]:
+        """The reference: transformers' forward with its own cache, one token at a time."""
         ids, ctx, past, cached = list(ids), self.context, None, 0
         for _ in range(max_new_tokens):
             if not use_cache or past is None or cached >= ctx:

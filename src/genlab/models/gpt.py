@@ -67,12 +67,15 @@ class LayerNorm(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer for the positions seen so far (batch, head, T, dim)."""
+    """Keys and values of every layer for the positions seen so far (batch, head, T, dim),
+    preallocated for the whole window: layer i's keys and values are the two halves of one
+    tensor kv[i] (2, batch, head, block_size, dim), so a decoder writes both at once."""
 
     def __init__(self, cfg: GPTConfig, batch: int, device=None, dtype=torch.float32):
-        shape = (batch, cfg.n_head, cfg.block_size, cfg.hd)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        shape = (2, batch, cfg.n_head, cfg.block_size, cfg.hd)
+        self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.k = [t[0] for t in self.kv]
+        self.v = [t[1] for t in self.kv]
         self.pos = 0  # positions filled
 
 
@@ -213,20 +216,26 @@ class GPT(nn.Module):
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> int:
-    """One token id from a vector of logits: greedy at temperature 0, else softmax(logits / T)
-    restricted to the top_k most likely tokens and to the smallest set whose probability
-    reaches top_p (nucleus sampling)."""
+    """One token id from a vector of logits (see sample_rows)."""
+    return int(sample_rows(logits[None], temperature, top_k, top_p, generator)[0])
+
+
+def sample_rows(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row of logits (B, vocab), as a (B,) tensor on the CPU: greedy at
+    temperature 0, else softmax(logits / T) restricted to the top_k most likely tokens and
+    to the smallest set whose probability reaches top_p (nucleus sampling)."""
     logits = logits.float()
     if temperature == 0:
-        return int(torch.argmax(logits))
+        return torch.argmax(logits, dim=-1).cpu()
     logits = logits / temperature
-    if top_k is not None and top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the token that crosses top_p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        p = torch.softmax(sorted_logits, dim=-1)
+        drop = p.cumsum(-1) - p >= top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+    return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0]
