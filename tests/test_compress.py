@@ -95,7 +95,7 @@ def test_calibration_keeps_per_token_ranges_only_where_they_matter():
     for x, want in ((even, 0), (uneven, 1)):
         m = torch.nn.Sequential(torch.nn.Linear(64, 64))
         m[0].load_state_dict(lin.state_dict())
-        n, per_token, _ = int8(m, lambda m=m, x=x: m(x), 0.0)
+        n, per_token, _, _ = int8(m, lambda m=m, x=x: m(x), 0.0)
         assert (n, per_token, int(m[0].per_token.item())) == (1, want, want)
         err = float((m(uneven) - lin(uneven)).norm() / lin(uneven).norm())
         assert (err < 0.02) == bool(want)   # one range per call cannot hold such tokens
@@ -342,7 +342,7 @@ def test_int8_timing_keeps_float_where_int8_loses():
     torch.manual_seed(0)
     small, large = nn.Linear(32, 32, bias=False), nn.Linear(4096, 4096, bias=False)
     why = slower_in_int8(small, Int8Linear.from_float(small), (1,))
-    assert why is not None and "at 1 token" in why and "int8" in why and "float" in why
+    assert why is not None and "at 1 input row" in why and "int8" in why and "float" in why
     assert slower_in_int8(large, Int8Linear.from_float(large), (1,)) is None
 
 

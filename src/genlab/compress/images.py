@@ -60,10 +60,11 @@ def compress_images(src, out, *, prune, quantize, smooth: float, batch: int, tim
         info["prune"] = {"amount": prune, "structured": False, "zeros": z, "prunable": n, "sparsity": z / n}
     if quantize:
         batches, what = _calibration(work, torch.Generator().manual_seed(0))
-        n, pt, kept = int8(target, batches, smooth, timed_rows=(1, batch) if timed else None)
+        n, pt, kept, later = int8(target, batches, smooth, timed_rows=(1, batch) if timed else None)
         log(f"int8: {n} Linear layers quantized (convolutions stay float32), per-token activations in {pt}; "
-            f"smoothing alpha {smooth:g}; calibrated on 512 {what}" + float_note(kept))
-        info.update(quantize=quantize, smooth_alpha=smooth, per_token_layers=pt, float_layers=kept)
+            f"smoothing alpha {smooth:g}; calibrated on 512 {what}" + float_note(kept, later))
+        info.update(quantize=quantize, smooth_alpha=smooth, per_token_layers=pt, float_layers=kept,
+                    int8_slower_on_large_inputs=later)
     run = RunDir(out)
     run.prepare_new(overwrite=overwrite)
     for stale in ("report.json", "report.md"):

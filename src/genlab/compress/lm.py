@@ -154,10 +154,12 @@ def compress_gpt(src: Path, out: RunDir, *, prune: float | None = None, structur
         g = torch.Generator().manual_seed(seed)
         starts = torch.randint(0, len(data["train"]) - block - 1, (CALIBRATION_WINDOWS,), generator=g).tolist()
         x, _ = windows(data["train"], starts, block)
-        n, pt, kept = int8(model, lambda: model(x), smooth, timed_rows=(1, block) if timed else None)
+        n, pt, kept, later = int8(model, lambda: model(x), smooth, timed_rows=(1, block) if timed else None)
         log(f"int8: {n} layers quantized (per-channel int8 weights; int8 activations, per token in {pt} of them; "
-            f"smoothing alpha {smooth:g}; calibrated on {CALIBRATION_WINDOWS} training windows)" + float_note(kept))
+            f"smoothing alpha {smooth:g}; calibrated on {CALIBRATION_WINDOWS} training windows)"
+            + float_note(kept, later))
         info.update(quantize=quantize, smooth_alpha=smooth, per_token_layers=pt, float_layers=kept,
+                    int8_slower_on_large_inputs=later,
                     calibration=f"{CALIBRATION_WINDOWS} windows of the training split")
     new_config["compress"] = {**config.get("compress", {}), **info}
     new_config["model"] = model.cfg.to_dict()
@@ -213,12 +215,13 @@ def compress_hf(spec: str, out: Path, *, prune: float | None = None, quantize: s
         text = load_corpus(calibration, quiet=True).text("train")[:40_000]
         ids = torch.tensor(_encode(tok, text)[:4 * window])
         _check(len(ids) == 4 * window, f"{calibration}: too little training text to calibrate on")
-        n, pt, kept = int8(model, lambda: model(input_ids=ids.view(4, window)), smooth,
+        n, pt, kept, later = int8(model, lambda: model(input_ids=ids.view(4, window)), smooth,
                           timed_rows=(1, window) if timed else None)
         log(f"int8: {n} layers quantized (per-channel int8 weights; int8 activations, per token in {pt} of them; "
             f"smoothing alpha {smooth:g}; calibrated on {4 * window} tokens of {calibration}'s training split)"
-            + float_note(kept))
+            + float_note(kept, later))
         info.update(quantize=quantize, smooth_alpha=smooth, per_token_layers=pt, float_layers=kept,
+                    int8_slower_on_large_inputs=later,
                     calibration=f"{4 * window} tokens of {calibration} (training split)")
         model.config.update({HF_INT8_KEY: quantize, "genlab_float_layers": kept})
         model.config.save_pretrained(out)

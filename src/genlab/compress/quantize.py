@@ -87,28 +87,48 @@ def _min_ms(fns: list, x: torch.Tensor, rounds: int = 7, target_s: float = 0.002
 
 
 @torch.no_grad()
-def slower_in_int8(lin: nn.Module, q: Int8Linear, rows: tuple = (1,)) -> str | None:
-    """Why int8 loses to float on this layer (None: it does not), timed on inputs of each
-    row count in `rows` (1: a decode step; more: prompt processing, scoring). Each is
-    called as genlab's decoders call it: the float layer's kernel directly, the int8
-    layer as a module."""
+def int8_timings(lin: nn.Module, q: Int8Linear, rows: tuple = (1,)) -> dict:
+    """{row count: (float ms, int8 ms)} of one call of the layer on inputs of each row
+    count in `rows` (1: a decode step; more: a prompt read at once, scoring), called as
+    genlab's decoders call it: the float layer's kernel directly, the int8 layer as a
+    module."""
     w, b = float_weight(lin).detach(), lin.bias
     fp = lambda x: torch.nn.functional.linear(x, w, b)  # noqa: E731
+    out = {}
     for n in rows:
         x = torch.randn(n, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.device)
-        t_float, t_int8 = _min_ms([fp, q], x)
-        if t_int8 > t_float:
-            return f"int8 {t_int8 * 1e3:.0f} us vs float {t_float * 1e3:.0f} us at {n} token{'s' * (n > 1)}"
+        out[n] = tuple(_min_ms([fp, q], x))
+    return out
+
+
+def _why(n: int, t: tuple) -> str:
+    return f"int8 {t[1] * 1e3:.0f} us vs float {t[0] * 1e3:.0f} us at {n} input row{'s' * (n > 1)}"
+
+
+def slower_in_int8(lin: nn.Module, q: Int8Linear, rows: tuple = (1,)) -> str | None:
+    """Why int8 loses to float on this layer at some row count of `rows` (None: it never
+    does)."""
+    for n, t in int8_timings(lin, q, rows).items():
+        if t[1] > t[0]:
+            return _why(n, t)
     return None
 
 
-def float_note(kept: dict) -> str:
-    """What the log says about the layers timing kept in float."""
+def float_note(kept: dict, slower_later: dict | None = None) -> str:
+    """What the log says about the layers timing kept in float (and the int8 layers that
+    lose only on long inputs)."""
     if not kept:
-        return "; int8 was at least as fast as float on every layer"
-    first = next(iter(kept.items()))
-    return (f"; {len(kept)} layer{'s' * (len(kept) > 1)} kept in float, where int8 was slower "
-            f"(e.g. {first[0]}: {first[1]}; all in the config's compress.float_layers)")
+        note = "; int8 was at least as fast as float on every layer at one input row"
+    else:
+        first = next(iter(kept.items()))
+        note = (f"; {len(kept)} layer{'s' * (len(kept) > 1)} kept in float, where int8 was slower at one input row "
+                f"(e.g. {first[0]}: {first[1]}; all in the config's compress.float_layers)")
+    if slower_later:
+        first = next(iter(slower_later.items()))
+        note += (f"; {len(slower_later)} int8 layer{'s' * (len(slower_later) > 1)} faster at one row but slower on "
+                 f"large inputs (a long prompt, a big batch; e.g. {first[0]}: {first[1]}; "
+                 f"compress.int8_slower_on_large_inputs)")
+    return note
 
 
 @torch.no_grad()
@@ -120,16 +140,19 @@ def int8(module: nn.Module, batches=None, alpha: float = DEFAULT_ALPHA, toleranc
     that keeps the layer's mean relative output error on the calibration tokens within
     `tolerance` times the per-token error (Gaussian tokens: 1.5x; tokens of very
     different sizes: 40x). With `timed_rows` (row counts, such as (1, 256)), every layer
-    is timed in float and in int8 at those shapes and stays float where int8 is slower.
-    Returns (layers in int8, int8 layers with per-token ranges, {layer kept float: why})."""
+    is timed in float and in int8 at those shapes; it stays float where int8 is slower at
+    the first (a decode step: what generation speed is made of), and where it is slower
+    only at the others (a long prompt read at once, a big batch) that is recorded, not
+    acted on. Returns (layers in int8, int8 layers with per-token ranges, {layer kept
+    float: why}, {int8 layer slower on the larger inputs: why})."""
     if batches is None:
         n = quantize_int8(module)
-        return n, n, {}
+        return n, n, {}, {}
     timed_rows = timed_rows if _FBGEMM_CPU(module) else None   # weight-only int8 elsewhere: nothing to time
     stats = calibrate(module, batches)
     floats = linear_layers(module)
     smooth = smoothing(module, {k: a for k, (a, _) in stats.items()}, alpha)
-    per_token, kept = {}, {}
+    per_token, kept, slower_later = {}, {}, {}
     for name, lin in floats.items():
         q = Int8Linear.from_float(lin, smooth.get(name))
         if name in stats:
@@ -142,12 +165,18 @@ def int8(module: nn.Module, batches=None, alpha: float = DEFAULT_ALPHA, toleranc
             per_token[name] = int(err[1] > tolerance * err[0])
             q.per_token.fill_(per_token[name])
         if timed_rows:
-            why = slower_in_int8(lin, q, timed_rows)
-            if why:
-                kept[name] = why
+            times = int8_timings(lin, q, timed_rows)
+            first = timed_rows[0]
+            if times[first][1] > times[first][0]:
+                kept[name] = _why(first, times[first])
+            else:
+                later = [_why(n, t) for n, t in times.items() if n != first and t[1] > t[0]]
+                if later:
+                    slower_later[name] = later[0]
     n = quantize_int8(module, skip=set(kept), smooth=smooth)
     for name, q in module.named_modules():
         if isinstance(q, Int8Linear) and name in per_token:
             q.per_token.fill_(per_token[name])
             q._flags = None
-    return n, sum(int(m.per_token.item()) for m in module.modules() if isinstance(m, Int8Linear)), kept
+    pt = sum(int(m.per_token.item()) for m in module.modules() if isinstance(m, Int8Linear))
+    return n, pt, kept, slower_later
