@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.genlab-installed
 
-.PHONY: demo test test-slow bench bench-gan bench-lm bench-finetune bench-compress bench-stylegan bench-text2image bench-guard venv clean
+.PHONY: demo test test-slow bench bench-gan bench-lm bench-finetune bench-compress bench-stylegan bench-text2image bench-guard bench-decode venv clean
 
 venv: $(STAMP)
 
@@ -91,6 +91,21 @@ bench-text2image: $(STAMP)
 
 bench-guard: $(STAMP)
 	$(PY) benchmarks/guard.py
+
+# llama.cpp, the reference a user would pick instead, in its own environment (never a
+# dependency of genlab): llama-cpp-python builds from source (about 5 minutes). Built for
+# AVX2/AVX-512 without AMX: a -march=native build that enables AMX crashes in containers
+# that do not grant the AMX tile state.
+LLAMACPP := .venv-llamacpp/.installed
+$(LLAMACPP):
+	test -x .venv-llamacpp/bin/python || $(PYTHON) -m venv .venv-llamacpp
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+	  -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
+	  -DGGML_AMX_BF16=OFF" .venv-llamacpp/bin/pip install -q --disable-pip-version-check llama-cpp-python==0.3.36
+	touch $(LLAMACPP)
+
+bench-decode: $(STAMP) $(LLAMACPP)
+	$(PY) benchmarks/decode.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -98,7 +98,7 @@ def gpt_rows(args) -> list:
     val = np.asarray(data["val"][:16384])
     loss, _ = sliding_loss(m, val, cfg.block_size, stride=cfg.block_size, batch=8)
     ppl = math.exp(loss)
-    long = torch.tensor([data["val"][:min(256, cfg.block_size)]])
+    long = torch.tensor(np.asarray(data["val"][:min(256, cfg.block_size)], dtype=np.int64)[None])
     idx = torch.tensor([ids])
 
     def prefill_fast():

@@ -14,6 +14,7 @@ import time
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..models.int8 import Int8Linear, quantize_int8
 from ..models.layers import float_weight, linear_layers
@@ -24,11 +25,14 @@ DEFAULT_ALPHA = 0.7
 
 
 @torch.no_grad()
-def calibrate(module: nn.Module, batches, keep_rows: int = 256) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def calibrate(module: nn.Module, batches, keep_rows: int = 256, shared: dict | None = None
+              ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{layer name: (max |input| per input channel, up to `keep_rows` input rows spread
     over the calls)} over the forward passes `batches()` makes (a callable that runs the
-    model)."""
+    model). With a dict `shared`, it is filled with {layer name: group id}, layers of one
+    group reading the very same input tensor (q, k and v; gate and up)."""
     stats: dict[str, list] = {}
+    seen: dict = {}
     hooks = []
     for name, m in linear_layers(module).items():
         def hook(_m, inp, _out, name=name):
@@ -39,6 +43,9 @@ def calibrate(module: nn.Module, batches, keep_rows: int = 256) -> dict[str, tup
                 stats[name][0] = torch.maximum(stats[name][0], a)
             else:
                 stats[name] = [a, rows]
+                if shared is not None:   # the first call: which layers read this same tensor
+                    key = (inp[0].data_ptr(), tuple(inp[0].shape), inp[0]._version)
+                    shared[name] = seen.setdefault(key, len(seen))
         hooks.append(m.register_forward_hook(hook))
     try:
         batches()
@@ -48,18 +55,29 @@ def calibrate(module: nn.Module, batches, keep_rows: int = 256) -> dict[str, tup
     return {k: (a, rows) for k, (a, rows) in stats.items()}
 
 
-def smoothing(module: nn.Module, amax: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """SmoothQuant factors for every calibrated layer (none when alpha is 0)."""
+def smoothing(module: nn.Module, amax: dict[str, torch.Tensor], alpha: float,
+              shared: dict | None = None) -> dict[str, torch.Tensor]:
+    """SmoothQuant factors for every calibrated layer (none when alpha is 0). Layers that
+    read the same input (`shared`: {name: group}) get one factor from their weights
+    together, as SmoothQuant does for q/k/v, so the decoders can fuse them into one int8
+    product."""
     if alpha == 0:
         return {}
+    layers = linear_layers(module)
+    wmax = {n: float_weight(m).detach().float().abs().amax(dim=0) for n, m in layers.items() if n in amax}
+    groups: dict = {}
+    for n in wmax:
+        groups.setdefault((shared or {}).get(n, n), []).append(n)
     out = {}
-    for name, m in linear_layers(module).items():
-        if name in amax:
-            w = float_weight(m).detach().float().abs().amax(dim=0).clamp(min=1e-5)
-            # a channel (nearly) silent in calibration may not be at run time (a border
-            # pixel): its factor is floored as if it reached 1% of the median channel
-            a = amax[name].clamp(min=max(0.01 * float(amax[name].median()), 1e-5))
-            out[name] = (a ** alpha / w ** (1 - alpha)).clamp(min=1e-5)
+    for names in groups.values():
+        w = torch.stack([wmax[n] for n in names]).amax(dim=0).clamp(min=1e-5)
+        a = torch.stack([amax[n] for n in names]).amax(dim=0)
+        # a channel (nearly) silent in calibration may not be at run time (a border
+        # pixel): its factor is floored as if it reached 1% of the median channel
+        a = a.clamp(min=max(0.01 * float(a.median()), 1e-5))
+        s = (a ** alpha / w ** (1 - alpha)).clamp(min=1e-5)
+        for n in names:
+            out[n] = s
     return out
 
 
@@ -68,37 +86,51 @@ def _FBGEMM_CPU(module) -> bool:
     return "fbgemm" in torch.backends.quantized.supported_engines and (p is None or p.device.type == "cpu")
 
 
-def _min_ms(fns: list, x: torch.Tensor, rounds: int = 7, target_s: float = 0.002) -> list[float]:
-    """The fastest of `rounds` alternating rounds (milliseconds per call) of each fn(x),
-    each round repeating the call for about `target_s`."""
-    for fn in fns:
-        fn(x)
-    t0 = time.perf_counter()
-    fns[0](x)
-    reps = max(1, min(200, int(target_s / max(time.perf_counter() - t0, 1e-7))))
-    best = [float("inf")] * len(fns)
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn(x)
-            best[i] = min(best[i], (time.perf_counter() - t0) / reps * 1e3)
-    return best
-
-
 @torch.no_grad()
-def int8_timings(lin: nn.Module, q: Int8Linear, rows: tuple = (1,)) -> dict:
-    """{row count: (float ms, int8 ms)} of one call of the layer on inputs of each row
-    count in `rows` (1: a decode step; more: a prompt read at once, scoring), called as
-    genlab's decoders call it: the float layer's kernel directly, the int8 layer as a
-    module."""
-    w, b = float_weight(lin).detach(), lin.bias
-    fp = lambda x: torch.nn.functional.linear(x, w, b)  # noqa: E731
-    out = {}
-    for n in rows:
-        x = torch.randn(n, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.device)
-        out[n] = tuple(_min_ms([fp, q], x))
+def int8_timings(units: dict, rows: tuple = (1,), rounds: int = 7) -> dict:
+    """{unit: {row count: (float ms, int8 ms)}} for units {name: (float fn, int8 fn,
+    in_features, device)}: one call of each on inputs of each row count in `rows` (1: a
+    decode step; more: a prompt read at once, scoring), the units called in the model's
+    order in sweeps -- all float, then all int8 -- so each call finds the CPU's caches as
+    a pass through the model leaves them (a model larger than the caches streams its
+    weights from memory; a small one keeps them there). The fastest of `rounds` sweeps."""
+    out = {n: {} for n in units}
+    for r in rows:
+        xs = {n: torch.randn(r, u[2], generator=torch.Generator().manual_seed(0)).to(u[3]) for n, u in units.items()}
+        best = [{n: float("inf") for n in units} for _ in (0, 1)]
+        for i in (0, 1):
+            for n, u in units.items():          # warm-up (fbgemm packs its weights on the first call)
+                u[i](xs[n])
+            for _ in range(rounds):
+                for n, u in units.items():
+                    t0 = time.perf_counter()
+                    u[i](xs[n])
+                    best[i][n] = min(best[i][n], time.perf_counter() - t0)
+        for n in units:
+            out[n][r] = (best[0][n] * 1e3, best[1][n] * 1e3)
     return out
+
+
+def _float_fn(lins: list):
+    """How genlab's decoders call float layers that share an input: one kernel call each."""
+    ws = [(float_weight(m).detach(), m.bias) for m in lins]
+    return lambda x: [F.linear(x, w, b) for w, b in ws]
+
+
+def _units(floats: dict, qs: dict, shared: dict) -> dict:
+    """Timing units: a layer alone, or the layers reading one input (q/k/v, gate/up), in
+    float one call each and in int8 as the one fused product the decoders make of them."""
+    groups: dict = {}
+    for name in floats:
+        groups.setdefault(shared.get(name, name), []).append(name)
+    units = {}
+    for names in groups.values():
+        lins, ints = [floats[n] for n in names], [qs[n] for n in names]
+        q = Int8Linear.concat(ints) if Int8Linear.fusable(ints) else (ints[0] if len(ints) == 1 else None)
+        w = float_weight(lins[0])
+        units[tuple(names)] = (_float_fn(lins), q if q is not None else (lambda x, ints=ints: [m(x) for m in ints]),
+                               w.shape[1], w.device)
+    return units
 
 
 def _why(n: int, t: tuple) -> str:
@@ -106,9 +138,9 @@ def _why(n: int, t: tuple) -> str:
 
 
 def slower_in_int8(lin: nn.Module, q: Int8Linear, rows: tuple = (1,)) -> str | None:
-    """Why int8 loses to float on this layer at some row count of `rows` (None: it never
-    does)."""
-    for n, t in int8_timings(lin, q, rows).items():
+    """Why int8 loses to float on this one layer at some row count of `rows` (None: it
+    never does)."""
+    for n, t in int8_timings(_units({"layer": lin}, {"layer": q}, {}), rows)[("layer",)].items():
         if t[1] > t[0]:
             return _why(n, t)
     return None
@@ -133,14 +165,15 @@ def float_note(kept: dict, slower_later: dict | None = None) -> str:
 
 @torch.no_grad()
 def int8(module: nn.Module, batches=None, alpha: float = DEFAULT_ALPHA, tolerance: float = 1.0,
-         timed_rows: tuple | None = None) -> tuple[int, int, dict]:
+         timed_rows: tuple | None = None) -> tuple[int, int, dict, dict]:
     """Quantize `module`'s Linear layers to int8 in place (plain per-token int8 without
     `batches`). With calibration batches: smoothing factors from their activation ranges,
     and, per layer, one int8 range per call (faster) instead of one per token wherever
     that keeps the layer's mean relative output error on the calibration tokens within
     `tolerance` times the per-token error (Gaussian tokens: 1.5x; tokens of very
     different sizes: 40x). With `timed_rows` (row counts, such as (1, 256)), every layer
-    is timed in float and in int8 at those shapes; it stays float where int8 is slower at
+    is timed in float and in int8 at those shapes, in sweeps through the model (see
+    int8_timings); it stays float where int8 is slower at
     the first (a decode step: what generation speed is made of), and where it is slower
     only at the others (a long prompt read at once, a big batch) that is recorded, not
     acted on. Returns (layers in int8, int8 layers with per-token ranges, {layer kept
@@ -149,12 +182,13 @@ def int8(module: nn.Module, batches=None, alpha: float = DEFAULT_ALPHA, toleranc
         n = quantize_int8(module)
         return n, n, {}, {}
     timed_rows = timed_rows if _FBGEMM_CPU(module) else None   # weight-only int8 elsewhere: nothing to time
-    stats = calibrate(module, batches)
+    shared: dict = {}
+    stats = calibrate(module, batches, shared=shared)
     floats = linear_layers(module)
-    smooth = smoothing(module, {k: a for k, (a, _) in stats.items()}, alpha)
-    per_token, kept, slower_later = {}, {}, {}
+    smooth = smoothing(module, {k: a for k, (a, _) in stats.items()}, alpha, shared)
+    per_token, kept, slower_later, qs = {}, {}, {}, {}
     for name, lin in floats.items():
-        q = Int8Linear.from_float(lin, smooth.get(name))
+        q = qs[name] = Int8Linear.from_float(lin, smooth.get(name))
         if name in stats:
             x = stats[name][1]
             ref = lin(x)
@@ -164,15 +198,25 @@ def int8(module: nn.Module, batches=None, alpha: float = DEFAULT_ALPHA, toleranc
                    for pt in (True, False)]
             per_token[name] = int(err[1] > tolerance * err[0])
             q.per_token.fill_(per_token[name])
-        if timed_rows:
-            times = int8_timings(lin, q, timed_rows)
-            first = timed_rows[0]
+            q._flags = None
+    if timed_rows:
+        for name, group in shared.items():   # one activation range rule per shared input, so they fuse
+            mates = [n for n, g in shared.items() if g == group and n in per_token]
+            if name in per_token and mates:
+                per_token[name] = max(per_token[n] for n in mates)
+                qs[name].per_token.fill_(per_token[name])
+                qs[name]._flags = None
+        first = timed_rows[0]
+        for names, times in int8_timings(_units(floats, qs, shared), timed_rows).items():
+            what = "" if len(names) == 1 else f" ({' + '.join(n.rsplit('.', 1)[-1] for n in names)}, one input)"
             if times[first][1] > times[first][0]:
-                kept[name] = _why(first, times[first])
+                for name in names:
+                    kept[name] = _why(first, times[first]) + what
             else:
-                later = [_why(n, t) for n, t in times.items() if n != first and t[1] > t[0]]
-                if later:
+                later = [_why(n, t) + what for n, t in times.items() if n != first and t[1] > t[0]]
+                for name in names if later else ():
                     slower_later[name] = later[0]
+    del qs
     n = quantize_int8(module, skip=set(kept), smooth=smooth)
     for name, q in module.named_modules():
         if isinstance(q, Int8Linear) and name in per_token:

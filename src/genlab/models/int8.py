@@ -69,6 +69,27 @@ class Int8Linear(nn.Module):
             m.bias.copy_(lin.bias.detach().float())
         return m.to(lin.weight.device)
 
+    @classmethod
+    def concat(cls, layers: list) -> "Int8Linear":
+        """One layer computing cat([l(x) for l in layers], -1) for int8 layers that read the
+        same input with the same smoothing and activation ranges (q/k/v, gate/up): one int8
+        product, one quantization of the input."""
+        first = layers[0]
+        f = cls(first.in_features, sum(m.out_features for m in layers), first.bias is not None).to(first.weight.device)
+        f.weight.copy_(torch.cat([m.weight for m in layers]))
+        f.scale.copy_(torch.cat([m.scale for m in layers]))
+        f.smooth.copy_(first.smooth)
+        f.per_token.copy_(first.per_token)
+        if f.bias is not None:
+            f.bias.copy_(torch.cat([m.bias for m in layers]))
+        return f
+
+    @staticmethod
+    def fusable(layers: list) -> bool:
+        return len(layers) > 1 and all(type(m) is Int8Linear for m in layers) and all(
+            torch.equal(m.smooth, layers[0].smooth) and bool(m.per_token == layers[0].per_token)
+            and (m.bias is None) == (layers[0].bias is None) for m in layers)
+
     def dequantize(self) -> torch.Tensor:
         """The float weight this layer multiplies by (smoothing undone)."""
         return self.weight.float() * self.scale[:, None] / self.smooth[None, :]

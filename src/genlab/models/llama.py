@@ -70,20 +70,12 @@ def _fuse(lins: list):
     """h -> cat([lin(h) for lin in lins], -1): one int8 matmul when the layers are int8 with
     the same input smoothing and activation ranges, else one call each (float layers are
     never copied)."""
-    if all(type(m) is Int8Linear for m in lins) and all(
-            torch.equal(m.smooth, lins[0].smooth) and bool(m.per_token == lins[0].per_token) for m in lins):
+    if Int8Linear.fusable(lins):
         key = tuple((id(m), m.weight._version, m.scale._version) for m in lins)
         hit = _FUSED.get(lins[0])
         if hit is not None and hit[0] == key:   # fused (and fbgemm-packed) once per model
             return hit[1]
-        out = sum(m.out_features for m in lins)
-        f = Int8Linear(lins[0].in_features, out, lins[0].bias is not None).to(lins[0].weight.device)
-        f.weight.copy_(torch.cat([m.weight for m in lins]))
-        f.scale.copy_(torch.cat([m.scale for m in lins]))
-        f.smooth.copy_(lins[0].smooth)
-        f.per_token.copy_(lins[0].per_token)
-        if f.bias is not None:
-            f.bias.copy_(torch.cat([m.bias for m in lins]))
+        f = Int8Linear.concat(lins)
         _FUSED[lins[0]] = (key, f)
         return f
     calls = [(lambda h, w=m.weight, b=m.bias: F.linear(h, w, b)) if type(m) is nn.Linear else m for m in lins]
