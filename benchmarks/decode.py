@@ -119,7 +119,8 @@ def gpt_rows(args) -> list:
             prefill_ref, lambda: ppl),
         Row("genlab GPT, reference (no cache)", lambda: timed_tokens(m.generate(idx, n, temperature=0, use_cache=False)),
             prefill_ref, lambda: ppl),
-        Row("genlab GPT, fast decoder", lambda: timed_tokens(decode_gpt(m, ids, n, 1, 0.0)), prefill_fast, lambda: ppl),
+        Row("genlab GPT, fast decoder", lambda: timed_tokens(decode_gpt(m, ids, n, 1, 0.0)), prefill_fast, lambda: ppl,
+            mem=peak_mb(str(run_dir), n)),
         Row("genlab GPT, fast decoder, batch 8", lambda: timed_tokens(decode_gpt(m, ids, n, 8, 0.0)), None,
             lambda: ppl, batch=8),
     ]
@@ -174,17 +175,16 @@ def compiled_gpt_row(m, ids, n, ppl, decode):
 # -- SmolLM2 -----------------------------------------------------------------------------
 
 def smol_rows(args) -> list:
-    import copy
+    import shutil
 
     import genlab
-    from genlab.compress.quantize import int8
+    from genlab.compress.lm import compress_hf
     from genlab.data.text import load_corpus
     from genlab.llm.hf import CausalLM, _encode
     from genlab.metrics.text import sliding_loss
     from genlab.models.decode import decode
     from genlab.models.llama import LlamaDecoder
     n = args.smol_tokens
-    m0 = rss_mb()
     tm = genlab.load_model("smollm2", log=lambda *a: None)
     chat = tm.new_chat(None)
     chat.add("user", SEA)
@@ -232,24 +232,61 @@ def smol_rows(args) -> list:
                 return time.perf_counter() - t0
         return f
 
-    m1 = rss_mb()
-    say("SmolLM2 int8: calibrating on Shakespeare's training split, timing every layer in float and int8 ...")
-    q = copy.deepcopy(hf)
-    tok_train = _encode(tm.tokenizer, load_corpus("shakespeare", quiet=True).text("train")[:40_000])[:1024]
-    n8, pt, kept, later = int8(q, lambda: q(input_ids=torch.tensor(tok_train).view(4, 256)), timed_rows=(1, 256))
-    names = ", ".join(list(kept)[:3]) + (" ..." if len(kept) > 3 else "")
-    say(f"  {n8} layers in int8 ({len(later)} of them slower on a 256-token prompt), {len(kept)} kept in float"
-        + (f" ({names})" if kept else ""))
-    m2 = rss_mb()
+    q_dir = OUT / "smollm2-int8"
+    if not (q_dir / "genlab-compress.json").is_file():
+        say(f"SmolLM2 int8: genlab compress's quantizer (calibrated on Shakespeare's training split, every layer "
+            f"timed in float and int8) into {q_dir} ...")
+        shutil.rmtree(q_dir, ignore_errors=True)
+        compress_hf("smollm2", q_dir, quantize="int8", log=lambda *a: None)
+    info = json.loads((q_dir / "genlab-compress.json").read_text())
+    kept, later = info.get("float_layers", {}), info.get("int8_slower_on_large_inputs", {})
+    say(f"  SmolLM2 int8: {len(kept)} layers kept in float, {len(later)} int8 layers slower on a 256-token prompt")
+    q = genlab.load_model(str(q_dir), log=lambda *a: None).model
     ppl_f, ppl_q = ppl_of(hf), ppl_of(q)
+    say("  peak memory of each path, each in a fresh process ...")
     rows = [
-        Row("SmolLM2, transformers float32 generate", hf_gen, hf_prefill, lambda: ppl_f, mem=m1 - m0),
-        Row("SmolLM2, genlab float32 (Llama decoder)", lean_gen(hf), lean_prefill(hf), lambda: ppl_f, mem=m1 - m0),
-        Row("SmolLM2, genlab int8 (Llama decoder)", lean_gen(q), lean_prefill(q), lambda: ppl_q, mem=m2 - m1,
-            note=f"{len(kept)} layers float"),
+        Row("SmolLM2, transformers float32 generate", hf_gen, hf_prefill, lambda: ppl_f, mem=peak_mb("hf", n)),
+        Row("SmolLM2, genlab float32 (Llama decoder)", lean_gen(hf), lean_prefill(hf), lambda: ppl_f,
+            mem=peak_mb("smollm2", n)),
+        Row("SmolLM2, genlab int8 (Llama decoder)", lean_gen(q), lean_prefill(q), lambda: ppl_q,
+            mem=peak_mb(str(q_dir), n), note=f"{len(kept)} layers float"),
     ]
     rows += llamacpp_rows(args, ids, val)
     return rows
+
+
+PEAK = textwrap.dedent('''
+    import sys, torch
+    import genlab
+    from genlab.llm.hf import load_pretrained
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+    spec, n = sys.argv[1], int(sys.argv[2])
+    torch.zeros(1)
+    base = status("VmRSS:")
+    if spec == "hf":
+        m, tok = load_pretrained("smollm2", log=lambda *a: None)
+        ids = tok.apply_chat_template([{"role": "user", "content": "Tell me about the sea."}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)["input_ids"]
+        m.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    else:
+        tm = genlab.load_model(spec, log=lambda *a: None)
+        tm.generate("Tell me about the sea.", n, temperature=0)
+    print(status("VmHWM:") - base)
+''')
+
+
+def peak_mb(spec: str, n: int) -> float:
+    """Peak resident memory (MB above the interpreter with torch and genlab imported) of
+    loading a model and generating n tokens, in a fresh process."""
+    r = subprocess.run([sys.executable, "-c", PEAK, spec, str(n)], capture_output=True, text=True)
+    try:
+        return float(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        say(f"  (peak memory of {spec} not measured: {r.stderr.strip().splitlines()[-1:]})")
+        return float("nan")
 
 
 LLAMACPP_WORKER = textwrap.dedent('''
@@ -257,9 +294,9 @@ LLAMACPP_WORKER = textwrap.dedent('''
     import numpy as np
     from llama_cpp import Llama
     path, ppl_ids = sys.argv[1], json.loads(sys.argv[2])
-    def rss():
+    def rss(key="VmRSS:"):
         for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
     m0 = rss()
     llm = Llama(model_path=path, n_ctx=1024, n_threads=2, n_threads_batch=2, logits_all=False, verbose=False)
@@ -295,6 +332,8 @@ LLAMACPP_WORKER = textwrap.dedent('''
             print(json.dumps(prefill(cmd["ids"])), flush=True)
         elif cmd["op"] == "ppl":
             print(json.dumps(ppl(ppl_ids)), flush=True)
+        elif cmd["op"] == "peak":
+            print(json.dumps(rss("VmHWM:") - m0), flush=True)
 ''')
 
 
@@ -310,7 +349,7 @@ def llamacpp_rows(args, ids, val) -> list:
     for label, path in files:
         p = subprocess.Popen([str(LLAMACPP_PY), "-c", LLAMACPP_WORKER, str(path), json.dumps(val.tolist())],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        hello = json.loads(p.stdout.readline())
+        p.stdout.readline()   # ready
 
         def ask(cmd, p=p):
             p.stdin.write(json.dumps(cmd) + "\n")
@@ -319,7 +358,8 @@ def llamacpp_rows(args, ids, val) -> list:
         rows.append(Row(f"SmolLM2, llama.cpp {label} (llama-cpp-python, 2 threads)",
                         lambda ask=ask: tuple(ask({"op": "gen", "ids": ids, "n": n})),
                         lambda ask=ask: ask({"op": "prefill", "ids": val[:256].tolist()}),
-                        lambda ask=ask: ask({"op": "ppl"}), mem=hello["mem"]))
+                        lambda ask=ask: ask({"op": "ppl"}), mem=float("nan")))
+        rows[-1].peak = lambda ask=ask: ask({"op": "peak"})
     return rows
 
 
@@ -362,6 +402,8 @@ def main() -> int:
             rate, first = statistics.median(r.rates), statistics.median(r.firsts)
             pre = 256 / statistics.median(r.prefills) if r.prefills else None
             ppl = r.ppl() if r.ppl else None
+            if getattr(r, "peak", None):
+                r.mem = r.peak()
             res = {"row": r.name, "tokens_per_s": rate, "total_tokens_per_s": rate * r.batch, "batch": r.batch,
                    "first_token_ms": first * 1e3, "prefill_tokens_per_s": pre, "memory_mb": r.mem,
                    "perplexity": ppl, "vs_first_row": rate / statistics.median(base.rates), "note": r.note,

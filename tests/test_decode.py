@@ -173,3 +173,40 @@ def test_a_model_without_a_fast_path_falls_back_with_a_note(lm_run, tmp_path):
     assert text == genlab.load(lm_run).generate("ROMEO:", 30, temperature=0)
     assert len(notes) == 1 and "no fast decode path" in notes[0] and "transformers decodes it" in notes[0]
     assert len(hf.generate_many("ROMEO:", 2, 10, temperature=0)) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, smollm2) -> Path:
+    """A local Llama directory: 2 layers, 64 wide, 4 query heads over 2 key/value heads,
+    random weights, SmolLM2's tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    out = tmp_path_factory.mktemp("llama") / "tiny"
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(smollm2.tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=False, eos_token_id=smollm2.tokenizer.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    smollm2.tokenizer.save_pretrained(out)
+    return out
+
+
+def test_any_local_llama_directory_decodes_fast_and_the_same(tiny_llama, cli):
+    tm = genlab.load_model(str(tiny_llama))
+    assert tm.fast_path() is None
+    ids, g = tm.encode_prompt("The sea is"), torch.Generator()
+    fast = list(tm._token_ids(ids, 60, 0.0, None, None, g, True))
+    assert fast == list(tm._hf_token_ids(ids, 60, 0.0, None, None, g, True)) and len(fast) > 10
+    r = cli("generate", str(tiny_llama), "--prompt", "The sea is", "--max-new-tokens", "20", "--temperature", "0",
+            "--stats")
+    assert r.returncode == 0 and "genlab's Llama decoder" in r.stderr, r.stderr
+
+
+def test_weights_that_do_not_match_the_config_are_one_clear_line(tiny_llama, tmp_path, cli, expect_user_error):
+    import json
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_llama, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["hidden_size"] = 128
+    (bad / "config.json").write_text(json.dumps(cfg))
+    expect_user_error(cli("generate", str(bad), "--prompt", "A", "--max-new-tokens", "5"), str(bad))

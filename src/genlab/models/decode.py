@@ -64,6 +64,8 @@ class GPTDecoder:
         self.block, self.H, self.hd = cfg.block_size, cfg.n_head, cfg.hd
         tr = model.transformer
         self.wte, self.wpe = tr.wte, tr.wpe.weight
+        emb = tr.wte.weight
+        self.embed = (lambda t: F.embedding(t, emb)) if type(tr.wte) is nn.Embedding else tr.wte  # int8: its module
         self.layers = [(_norm(b.ln_1), _project(b.attn.c_attn), _residual(b.attn.c_proj),
                         _norm(b.ln_2), _project(b.mlp.c_fc), _residual(b.mlp.c_proj)) for b in tr.h]
         self.ln_f, self.head = _norm(tr.ln_f), _project(model.lm_head)
@@ -87,7 +89,7 @@ class GPTDecoder:
         B, H, hd, p = self.batch, self.H, self.hd, self.kv_cache.pos
         if p >= self.block:
             raise ValueError(f"the cache is full ({self.block} positions): prefill a shorter window")
-        x = self.wte(tok) + self.wpe[p]
+        x = self.embed(tok) + self.wpe[p]
         for kv, (ln1, qkv_proj, attn_out, ln2, fc, mlp_out) in zip(self.cache, self.layers):
             qkv = qkv_proj(ln1(x)).view(B, 3, H, 1, hd)
             kv[:, :, :, p:p + 1] = qkv[:, 1:].transpose(0, 1)
@@ -110,14 +112,16 @@ def decode(dec, ids: list, max_new_tokens: int, window: int, temperature: float 
     dev = dec.cache[0].device
     seq = torch.tensor(list(ids)[-window:], dtype=torch.long, device=dev).expand(dec.batch, -1)
     logits = dec.prefill(seq)
+    recent = []   # the tokens since the last (pre)fill, one (batch,) tensor each
     for i in range(max_new_tokens):
         nxt = sample_rows(logits, temperature, top_k, top_p, generator).to(dev)
         yield nxt.tolist()
         if i + 1 == max_new_tokens:
             return
-        seq = torch.cat([seq[:, -(window - 1):], nxt[:, None]], dim=1)   # the window, at most
+        recent.append(nxt)
         if dec.pos >= window:
-            seq = seq[:, -(3 * window // 4):]
+            seq = torch.cat([seq, torch.stack(recent, 1)], dim=1)[:, -(3 * window // 4):]
+            recent = []
             logits = dec.prefill(seq)
         else:
             logits = dec.step(nxt)
