@@ -246,10 +246,48 @@ def _load_int8(where: Path, config):
     its Linear layers in genlab's int8 layout (but those calibration kept float, since
     int8 was slower there), then the weights (names and shapes checked)."""
     from transformers import AutoModelForCausalLM  # heavy: see load_pretrained
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    quantize_int8(model, skip=set(getattr(config, "genlab_float_layers", None) or {}))
+    skip = set(getattr(config, "genlab_float_layers", None) or {})
+    # Built on the meta device, so the float32 model is never allocated (it would be 4x the
+    # int8 one): the int8 layers are made empty on the CPU, everything else is then
+    # allocated empty, and the weights file fills it all. Buffers the file does not hold
+    # (rotary tables) are rebuilt by the modules that own them.
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    quantize_int8(model, skip=skip, blank=True)
+    if not _materialize(model):   # a module genlab cannot rebuild: the plain way, in float first
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        quantize_int8(model, skip=skip)
     RunDir(where).load_weights(model)
     return model
+
+
+def _materialize(model) -> bool:
+    """Allocate (empty, on the CPU) every tensor of `model` still on the meta device, and
+    recompute the non-persistent buffers from a fresh CPU instance of their module (built
+    from its config). False when a module with such buffers cannot be rebuilt that way."""
+    saved = set(model.state_dict())
+    owners = {}
+    for name, _ in model.named_buffers():
+        if name not in saved:
+            owners.setdefault(name.rpartition(".")[0], []).append(name.rpartition(".")[2])
+    fresh = {}
+    for mod_name, bufs in owners.items():
+        m = model.get_submodule(mod_name)
+        try:
+            fresh[mod_name] = type(m)(m.config)
+        except Exception:  # noqa: BLE001 - any constructor that is not (config): fall back
+            return False
+    for m in model.modules():
+        if any(t.is_meta for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))):
+            m.to_empty(device="cpu", recurse=False)
+    for mod_name, bufs in owners.items():
+        m, f = model.get_submodule(mod_name), fresh[mod_name]
+        for b in bufs:
+            setattr(m, b, getattr(f, b))
+        for k, v in vars(f).items():   # scalars computed with them (attention_scaling)
+            if not k.startswith("_") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                setattr(m, k, v)
+    return True
 
 
 def _first_line(e: Exception) -> str:

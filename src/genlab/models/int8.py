@@ -164,15 +164,21 @@ class Int8Embedding(nn.Module):
         return self.weight[idx].float() * self.scale[idx].unsqueeze(-1) / self.smooth
 
 
-def quantize_int8(module: nn.Module, skip=(), smooth: dict | None = None) -> int:
+def quantize_int8(module: nn.Module, skip=(), smooth: dict | None = None, blank: bool = False) -> int:
     """Replace, in place, every nn.Linear (or GPT-2 Conv1D) of `module` by an Int8Linear
     (except those whose qualified name is in `skip`; `smooth` maps names to smoothing
     vectors), and every nn.Embedding whose weight is tied to such a layer by an
     Int8Embedding sharing its tensors. Returns the number of layers replaced. Other
-    layers (norms, untied embeddings, convolutions) stay float32."""
+    layers (norms, untied embeddings, convolutions) stay float32. `blank`: the int8 layers
+    are made empty on the CPU, for weights loaded next (the float layers may then be on
+    the meta device: nothing is read from them)."""
     smooth = smooth or {}
     linears = {n: m for n, m in linear_layers(module).items() if n not in skip}
-    new = {n: Int8Linear.from_float(m, smooth.get(n)) for n, m in linears.items()}
+    if blank:
+        new = {n: Int8Linear(float_weight(m).shape[1], float_weight(m).shape[0], m.bias is not None)
+               for n, m in linears.items()}
+    else:
+        new = {n: Int8Linear.from_float(m, smooth.get(n)) for n, m in linears.items()}
     by_weight = {id(m.weight): new[n] for n, m in linears.items()}
     for n, m in module.named_modules():
         if isinstance(m, nn.Embedding) and id(m.weight) in by_weight:

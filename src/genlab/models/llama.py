@@ -132,7 +132,7 @@ class LlamaDecoder:
         self.inter = cfg.intermediate_size
         shape = (2, batch, self.KV, self.capacity, self.hd)
         dtype = model.lm_head.weight.dtype if model.lm_head.weight.is_floating_point() else torch.float32
-        self.cache = [torch.zeros(shape, device=dev, dtype=dtype) for _ in self.layers]
+        self.cache = [torch.empty(shape, device=dev, dtype=dtype) for _ in self.layers]  # written before read
         self.pos = 0
 
     def _rope(self, t: torch.Tensor, p: int, T: int) -> torch.Tensor:
