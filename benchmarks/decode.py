@@ -401,9 +401,9 @@ def main() -> int:
         for r in rows:
             rate, first = statistics.median(r.rates), statistics.median(r.firsts)
             pre = 256 / statistics.median(r.prefills) if r.prefills else None
-            ppl = r.ppl() if r.ppl else None
-            if getattr(r, "peak", None):
+            if getattr(r, "peak", None):   # before its perplexity, which loads a second instance
                 r.mem = r.peak()
+            ppl = r.ppl() if r.ppl else None
             res = {"row": r.name, "tokens_per_s": rate, "total_tokens_per_s": rate * r.batch, "batch": r.batch,
                    "first_token_ms": first * 1e3, "prefill_tokens_per_s": pre, "memory_mb": r.mem,
                    "perplexity": ppl, "vs_first_row": rate / statistics.median(base.rates), "note": r.note,

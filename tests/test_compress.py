@@ -360,6 +360,7 @@ def test_default_int8_lists_the_layers_it_kept_float_and_reloads(gpt_run, tmp_pa
     assert names == linears - set(kept) and set(kept) <= linears
     if kept:
         assert "kept in float" in r.stderr
+        assert f"Kept in float, since int8 was slower there ({len(kept)} layers" in (out / "report.md").read_text()
     rep = json.loads((out / "report.json").read_text())
     assert isinstance(rep["slower"], list)
     assert run.generate("ROMEO:", 10, temperature=0)

@@ -90,4 +90,5 @@ def compress_images(src, out, *, prune, quantize, smooth: float, batch: int, tim
         entries.append((name, decode, _quality(r, data, clf, ref, fid_samples), r.path / "model.safetensors",
                         count_weights(r.compress_target())))
     rows = image_rows(entries, orig.latent_dim, batch)
-    return write_report(out, rows, {"model": str(src), "family": orig.family})
+    return write_report(out, rows, {"model": str(src), "family": orig.family, "float_layers": info.get("float_layers", {}),
+                                    "int8_slower_on_large_inputs": info.get("int8_slower_on_large_inputs", {})})

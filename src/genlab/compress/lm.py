@@ -318,4 +318,7 @@ def measure_lm(spec: str, out, *, gpt: bool, eval_tokens=None, batch=None, gen_t
     log(f"measuring on {len(ids):,} tokens of {source} (windows of {window}); latency at batch 1 and "
         f"{batch}, and greedy generation of {gen_tokens} tokens, the two models alternating ({threads_note()})")
     rows = lm_rows(entries, ids, window, batch, gen_tokens)
-    return write_report(out, rows, {"model": spec, "source": source})
+    info = (json.loads((out / "config.json").read_text()).get("compress", {}) if gpt
+            else json.loads((out / "genlab-compress.json").read_text()))
+    return write_report(out, rows, {"model": spec, "source": source, "float_layers": info.get("float_layers", {}),
+                                    "int8_slower_on_large_inputs": info.get("int8_slower_on_large_inputs", {})})

@@ -169,8 +169,14 @@ def write_report(out: Path, rows: list[dict], extra: dict) -> dict:
     text = table(rows)
     slow = slower(rows) if len(rows) >= 2 else []
     if slow:
-        text += ("\n\nThe compressed model is slower than the original in " + ", ".join(slow)
-                 + " on this machine (compress.float_layers in its config lists the layers int8 would have slowed).")
+        text += "\n\n**The compressed model is slower than the original** in " + ", ".join(slow) + " on this machine."
+    for key, title in (("float_layers", "Kept in float, since int8 was slower there"),
+                       ("int8_slower_on_large_inputs", "In int8, though slower than float on large inputs")):
+        layers = extra.get(key) or {}
+        if layers:
+            listed = [f"{n}: {why}" for n, why in list(layers.items())[:12]]
+            more = f" (and {len(layers) - 12} more: report.json)" if len(layers) > 12 else ""
+            text += f"\n\n{title} ({len(layers)} layers{more}):\n" + "\n".join(f"- {x}" for x in listed)
     rep = {**extra, "rows": rows, "table": text, "slower": slow, "out": str(out)}
     write_text_atomic(out / "report.json", json.dumps(rep, indent=2))
     write_text_atomic(out / "report.md", text + "\n")
