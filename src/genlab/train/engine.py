@@ -53,6 +53,10 @@ class Engine:
     # -- randomness ----------------------------------------------------------------------
     def seed(self, seed: int) -> None:
         torch.manual_seed(seed)  # seeds the CPU generator and every CUDA device's
+        # oneDNN's convolution backward passes may sum across threads in completion order;
+        # its deterministic mode fixes that order (no cost measured on the style-based
+        # generator's training), so a seeded run repeats bit for bit even on a busy machine
+        torch.backends.mkldnn.deterministic = True
 
     def rng_state(self) -> dict:
         """The global RNG state a resume must restore (the CPU generator, and the device's)."""
