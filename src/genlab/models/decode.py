@@ -34,19 +34,22 @@ import torch.nn.functional as F
 from .gpt import GPT, KVCache, sample_rows
 
 
-def _project(lin: nn.Module):
-    """h -> lin(h), calling the kernel directly for a plain Linear."""
+def project(lin: nn.Module):
+    """h -> lin(h), calling the kernel directly for a plain Linear (any other layer, such as
+    genlab's Int8Linear, is called as a module)."""
     if type(lin) is nn.Linear:
         w, b = lin.weight, lin.bias
         return lambda h: F.linear(h, w, b)
     return lin
 
 
-def _residual(lin: nn.Module):
-    """(x, h) -> x + lin(h): one addmm for a plain Linear without bias."""
+def residual(lin: nn.Module):
+    """(x, h) -> x + lin(h): one addmm for a plain Linear without bias on 2-D rows (a
+    decode step); the sum of the product otherwise."""
     if type(lin) is nn.Linear and lin.bias is None:
-        wt = lin.weight.t()
-        return lambda x, h: torch.addmm(x, h, wt)
+        w = lin.weight
+        wt = w.t()
+        return lambda x, h: torch.addmm(x, h, wt) if x.dim() == 2 else x + F.linear(h, w)
     return lambda x, h: x + lin(h)
 
 
@@ -68,9 +71,9 @@ class GPTDecoder:
         self.wte, self.wpe = tr.wte, tr.wpe.weight
         emb = tr.wte.weight
         self.embed = (lambda t: F.embedding(t, emb)) if type(tr.wte) is nn.Embedding else tr.wte  # int8: its module
-        self.layers = [(_norm(b.ln_1), _project(b.attn.c_attn), _residual(b.attn.c_proj),
-                        _norm(b.ln_2), _project(b.mlp.c_fc), _residual(b.mlp.c_proj)) for b in tr.h]
-        self.ln_f, self.head = _norm(tr.ln_f), _project(model.lm_head)
+        self.layers = [(_norm(b.ln_1), project(b.attn.c_attn), residual(b.attn.c_proj),
+                        _norm(b.ln_2), project(b.mlp.c_fc), residual(b.mlp.c_proj)) for b in tr.h]
+        self.ln_f, self.head = _norm(tr.ln_f), project(model.lm_head)
         self.kv_cache = KVCache(cfg, batch, device=self.wpe.device, dtype=self.wpe.dtype)
         self.cache = self.kv_cache.kv   # one (2, batch, head, block_size, dim) tensor per layer
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .decode import project, residual
 from .int8 import Int8Linear
 
 
@@ -78,22 +79,8 @@ def _fuse(lins: list):
         f = Int8Linear.concat(lins)
         _FUSED[lins[0]] = (key, f)
         return f
-    calls = [(lambda h, w=m.weight, b=m.bias: F.linear(h, w, b)) if type(m) is nn.Linear else m for m in lins]
+    calls = [project(m) for m in lins]
     return lambda h: torch.cat([c(h) for c in calls], dim=-1)
-
-
-def _residual(lin):
-    """(x, h) -> x + lin(h), one addmm for a float layer without bias and 2-D inputs."""
-    if type(lin) is nn.Linear and lin.bias is None:
-        w = lin.weight
-        return lambda x, h: torch.addmm(x, h, w.t()) if x.dim() == 2 else x + F.linear(h, w)
-    return lambda x, h: x + lin(h)
-
-
-def _project(lin):
-    if type(lin) is nn.Linear:
-        return lambda h, w=lin.weight, b=lin.bias: F.linear(h, w, b)
-    return lin
 
 
 class LlamaDecoder:
@@ -124,11 +111,11 @@ class LlamaDecoder:
         self.layers = []
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
-            self.layers.append((layer.input_layernorm.weight, _fuse([a.q_proj, a.k_proj, a.v_proj]), _residual(a.o_proj),
+            self.layers.append((layer.input_layernorm.weight, _fuse([a.q_proj, a.k_proj, a.v_proj]), residual(a.o_proj),
                                 layer.post_attention_layernorm.weight, _fuse([m.gate_proj, m.up_proj]),
-                                _residual(m.down_proj)))
+                                residual(m.down_proj)))
         self.norm_w, self.norm_eps = inner.norm.weight, float(inner.norm.variance_epsilon)
-        self.head = _project(model.lm_head)
+        self.head = project(model.lm_head)
         self.inter = cfg.intermediate_size
         shape = (2, batch, self.KV, self.capacity, self.hd)
         dtype = model.lm_head.weight.dtype if model.lm_head.weight.is_floating_point() else torch.float32
