@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .util.dist import writer
 from .util.io import atomic_path
 
 
@@ -72,7 +73,9 @@ def save_loss_plot(records: list[dict], path, keys=("train_loss", "test_loss"), 
                    labels: dict | None = None, ylabel: str = "loss", x: str = "epoch",
                    kinds: tuple = ("epoch",)) -> Path | None:
     """Plot losses from metrics records: `keys` against `x` (epoch, or iter for language
-    models), from the records of the given `kinds`."""
+    models), from the records of the given `kinds`. (Under torchrun rank 0 alone draws it.)"""
+    if not writer():
+        return None
     labels = labels or {}
     plt = _pyplot()
 

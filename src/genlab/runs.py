@@ -9,9 +9,10 @@ A run directory holds everything about one training run:
     samples/            PNG grids per epoch
     loss.png            the loss plot
 
-All writes are atomic (util/io.py: a temporary file in the same directory, then a
-rename), so an interrupted write never leaves a half-written file behind, and a failing
-command never damages what is already there.
+All writes are atomic and durable (util/io.py: a temporary file in the same directory,
+fsynced, then a rename, then the directory fsynced), so an interrupted write never leaves
+a half-written file behind, and a failing command never damages what is already there.
+Under torchrun only rank 0 writes (the others' writes are no-ops: util/dist.py).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .util.dist import writer
 from .util.errors import GenlabError
 from .util.io import atomic_path, write_bytes_atomic, write_json_atomic  # noqa: F401 (re-exported)
 
@@ -78,6 +80,8 @@ class RunDir:
 
     def prepare_new(self, overwrite: bool = False) -> None:
         """Make the directory for a fresh run; refuse to clobber an existing run."""
+        if not writer():
+            return
         if self.path.exists() and not self.path.is_dir():
             raise GenlabError(f"{self.path}: exists and is not a directory")
         if self.is_run() and not overwrite:
@@ -86,7 +90,7 @@ class RunDir:
                 "--overwrite to replace it, or another --out)")
         self.path.mkdir(parents=True, exist_ok=True)
         if overwrite:
-            for name in (CONFIG, WEIGHTS, STATE, METRICS, "loss.png"):
+            for name in (CONFIG, WEIGHTS, STATE, METRICS, "loss.png", "last.safetensors", "tokenizer.json"):
                 p = self.path / name
                 if p.exists():
                     p.unlink()
@@ -109,12 +113,16 @@ class RunDir:
         return cfg
 
     def write_config(self, cfg: dict) -> None:
+        if not writer():
+            return
         write_json_atomic(self.path / CONFIG, cfg)
 
     # -- weights -----------------------------------------------------------------------
     def save_weights(self, module: torch.nn.Module, name: str = WEIGHTS) -> None:
         """Save the module's state dict. A tensor shared by two names (tied weights, e.g. a
         GPT's embedding and output head) is stored once; the metadata records the tie."""
+        if not writer():
+            return
         tensors, tied, seen = {}, {}, {}
         for k, v in module.state_dict().items():
             key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype) if v.numel() else None
@@ -154,6 +162,8 @@ class RunDir:
 
     # -- resume state ------------------------------------------------------------------
     def save_state(self, state: dict) -> None:
+        if not writer():
+            return
         with atomic_path(self.path / STATE) as tmp:
             torch.save(state, tmp)
 
@@ -172,6 +182,8 @@ class RunDir:
     # -- metrics -----------------------------------------------------------------------
     def append_metrics(self, record: dict) -> None:
         """Append one JSON line (appends are line-atomic for our small records)."""
+        if not writer():
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / METRICS, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
@@ -192,6 +204,8 @@ class RunDir:
         return out
 
     def rewrite_metrics(self, records: list[dict]) -> None:
+        if not writer():
+            return
         data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         write_bytes_atomic(self.path / METRICS, data.encode())
 

@@ -12,9 +12,11 @@ from pathlib import Path
 
 from ..runs import RunDir
 from ..train.engine import DEVICE
+from ..util import dist as procs
 from ..util.device import resolve_device
 from ..util.errors import GenlabError, check
 from ..util.options import Opt, above, validate_all
+from .distributed import MAX_RESTARTS, NPROC, launch, restarted
 
 # Options every trainer takes (the CLI adds them to each `train` sub-command).
 OUT = Opt("out", str, help="run directory (default runs/FAMILY-DATASET[-N])")
@@ -24,9 +26,9 @@ TIME_BUDGET = Opt("time_budget", float, check=above(0), metavar="SECONDS", label
 RESUME = Opt("resume", bool, False, help="continue the interrupted run in --out")
 OVERWRITE = Opt("overwrite", bool, False, help="replace an existing run in --out")
 PROGRESS = Opt("progress", bool, None, flag="--no-progress", help="no progress bar")
-COMMON = (OUT, SEED, TIME_BUDGET, RESUME, OVERWRITE, PROGRESS)
+COMMON = (OUT, SEED, TIME_BUDGET, RESUME, OVERWRITE, PROGRESS, NPROC, MAX_RESTARTS)
 # Runtime choices, not part of a run's recipe: --resume may give them freely.
-RUNTIME = {"out", "resume", "overwrite", "progress", "device", "log", "warn"}
+RUNTIME = {"out", "resume", "overwrite", "progress", "device", "log", "warn", "nproc", "max_restarts"}
 
 FAMILIES: dict = {}   # name -> Family instance, filled by @register as the modules load
 
@@ -129,6 +131,17 @@ class Family:
         self.check_known(given)
         validate_all(self.all_options(), given)
         resolve_device(given.get("device"))  # a device this machine lacks stops us before anything is written
+        nproc, restarts = given.pop("nproc", None), given.pop("max_restarts", None)
+        if nproc is not None and nproc > 1:
+            self.check_split(given, nproc)
+            return launch(self, out, given, nproc, restarts or 0, log)
+        check(not restarts, "--max-restarts needs --nproc N (or torchrun's own --max-restarts)")
+        if not procs.writer():  # under torchrun rank 0 speaks for every rank
+            log, given["progress"] = (lambda *a, **k: None), False
+        if restarted() and out is not None and RunDir(out).has_state():
+            log(f"restarted by torchrun: resuming {out} from its last checkpoint")
+            given.pop("overwrite", None)
+            given["resume"] = True
         resume = given.pop("resume", False)
         if resume:
             return self._resume(out, given, log)
@@ -137,6 +150,14 @@ class Family:
         check(not missing, f"{self.title}: {', '.join(missing)} must be given")
         defaults = {o.name: o.default for o in self.all_options() if o.default is not None}
         return self.fresh(out, {**defaults, **{k: v for k, v in given.items() if v is not None}}, log)
+
+    def check_split(self, given: dict, nproc: int) -> None:
+        """Before launching: every process needs at least one example of each batch."""
+        bs = given.get("batch_size")
+        if bs is None:
+            bs = next((o.default for o in self.all_options() if o.name == "batch_size"), None)
+        check(bs is None or bs >= nproc, f"--batch-size {bs} cannot be split over {nproc} processes "
+                                         f"(each needs at least one example: give at least {nproc}, or fewer processes)")
 
     def check_known(self, given: dict) -> None:
         """One error for options this family does not take, naming the families that do."""

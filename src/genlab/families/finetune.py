@@ -48,6 +48,7 @@ from ..train.finetune import EVAL_BATCH, DPOTask, SFTTask, Trainable
 from ..train.lm import LMTask
 from ..train.loop import IterConfig, fit_iters
 from ..train.rlhf import PPOTask, RLOOTask, token_logprobs
+from ..util import dist as procs
 from ..util.errors import GenlabError, check
 from ..util.io import replace_tree
 from ..util.options import Opt, above, at_least, in_range, validate_all
@@ -479,15 +480,13 @@ class FinetuneFamily(Family):
                   "at least 2 (PPO works with 1)")
             if "lr" not in o:
                 t["lr"] = RL_LR[method]
-        engine = Engine.create(o.get("device"), t["dtype"])
+        engine = Engine.for_training(o.get("device"), t["dtype"])
         base, tok, template, record = load_base(o["model"], log, factor=1.3)
         params = sum(p.numel() for p in base.parameters())
         check_memory(_memory_need(params, method, t, base.config), f"a {method} fine-tune of {o['model']}")
         if objective == "rlhf":    # (before anything is written)
             _check_prompts_fit(HFModel(base, tok, o["model"], template=template), payload, t["max_new_tokens"])
         run.prepare_new(overwrite=o.get("overwrite", False))
-        if o.get("overwrite") and (run.path / "last.safetensors").exists():
-            (run.path / "last.safetensors").unlink()
         data = o["data"]
         config = {"family": self.name, "genlab_version": __version__, "base": record, "method": method,
                   "lora": lora if method == "lora" else None,
@@ -518,26 +517,27 @@ class FinetuneFamily(Family):
             check(kind == d["objective"], f"{d['source']}: now holds {kind} data, but the run trains {d['objective']}")
         run.write_config(config)
         log(f"resuming {run.path}")
-        engine = Engine.create(opts.get("device"), config["train"]["dtype"])
+        engine = Engine.for_training(opts.get("device"), config["train"]["dtype"])
         return self._fit(run, config, base, tok, template, payload, engine, resume=True,
                          progress=opts.get("progress"), log=log)
 
     def _fit(self, run, config, base, tok, template, payload, engine, resume, progress, log):
         t = config["train"]
+        engine.record(t, t["batch_size"] * t.get("grad_accum", 1))
         lm, task = _prepare(config, base, tok, template, payload, engine, log)
         lm.to(engine.device)
         trainable = task.checkpoint.num_params()
         if not resume:
             config["trainable_params"] = trainable
             config["total_params"] = sum(p.numel() for p in lm.parameters())
-            run.write_config(config)
+        run.write_config(config)
         log(f"trainable parameters: {trainable:,} of {config['total_params']:,} "
             f"({100 * trainable / config['total_params']:.2f}%)")
         loop = IterConfig(max_iters=t["max_iters"], eval_interval=t["eval_interval"], log_interval=t["log_interval"],
                           seed=t["seed"], time_budget=t["time_budget"], progress=progress)
         summary = fit_iters(run, task, loop, resume=resume, log=log, engine=engine)
         run.load_weights(task.checkpoint)  # the best held-out weights
-        if config["method"] == "lora":
+        if config["method"] == "lora" and procs.writer():
             _save_adapter(lm.hf, run, config)
         save_loss_plot(run.read_metrics(), run.path / "loss.png", keys=("loss", "val_loss"),
                        title=f"{config['method']} fine-tune of {config['base']['spec']}", x="iter",

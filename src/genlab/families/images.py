@@ -239,7 +239,8 @@ class ImageFamily(Family):
 
     def _fit(self, run: RunDir, config: dict, data: ImageData, opts: dict, resume: bool, log, model=None):
         t = config["train"]
-        engine = Engine.create(opts.get("device"))
+        engine = Engine.for_training(opts.get("device"))
+        run.write_config({**config, "train": engine.record(t, t["batch_size"])})
         if model is None:
             engine.seed(t["seed"])  # model initialisation
             model = self.build(run.path, config)

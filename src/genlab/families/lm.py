@@ -27,6 +27,7 @@ from ..runs import RunDir, default_run_dir
 from ..train.engine import DTYPES, Engine
 from ..train.lm import LMTask
 from ..train.loop import IterConfig, fit_iters
+from ..util import dist as procs
 from ..util.errors import GenlabError, check
 from ..util.hf import quiet_transformers
 from ..util.options import Opt, above, at_least, in_range
@@ -262,7 +263,7 @@ class LMFamily(Family):
         check(0 <= t["min_lr"] <= t["lr"], f"--min-lr must be between 0 and --lr ({t['lr']}), not {t['min_lr']}")
         check(t["max_iters"] is not None or t["time_budget"] is not None,
               "give --max-iters or --time-budget (or both): training needs an end")
-        engine = Engine.create(o.get("device"), o["dtype"])
+        engine = Engine.for_training(o.get("device"), o["dtype"])
         corpus = o["corpus"]
         corp = load_corpus(corpus)
         tok = train_tokenizer(o["tokenizer"], corp, o.get("vocab_size"))
@@ -278,10 +279,8 @@ class LMFamily(Family):
         mcfg = GPTConfig(vocab_size=tok.vocab_size, **{k: t[k] for k in MODEL_KEYS})
         run = RunDir(out if out is not None else default_run_dir(self.name, corpus))
         run.prepare_new(overwrite=o.get("overwrite", False))
-        for extra in ("tokenizer.json", "last.safetensors"):
-            if o.get("overwrite") and (run.path / extra).exists():
-                (run.path / extra).unlink()
-        save_tokenizer(tok, run.path)
+        if procs.writer():
+            save_tokenizer(tok, run.path)
         train_cfg = {k: t[k] for k in NANOGPT if k not in MODEL_KEYS}
         train_cfg.update(recipe=recipe, seed=o["seed"], dtype=o["dtype"])
         config = {"family": self.name, "genlab_version": __version__, "model": mcfg.to_dict(),
@@ -317,7 +316,8 @@ class LMFamily(Family):
 
     def _fit(self, run, config, model, data, resume, opts, log):
         t = config["train"]
-        engine = Engine.create(opts.get("device"), t["dtype"])
+        engine = Engine.for_training(opts.get("device"), t["dtype"])
+        run.write_config({**config, "train": engine.record(t, t["batch_size"] * t["grad_accum"])})
         model.to(engine.device)
         try:
             task = LMTask(model, data, block_size=model.cfg.block_size, batch_size=t["batch_size"],

@@ -89,14 +89,15 @@ class MLPVAE(nn.Module):
     def decode(self, z, c=None):
         return torch.sigmoid(self.decode_logits(z, c))
 
-    def reparameterize(self, mu, logvar):
+    def reparameterize(self, mu, logvar, eps=None):
         std = torch.exp(0.5 * logvar)
-        eps = torch.randn_like(std)
+        eps = torch.randn_like(std) if eps is None else eps
         return mu + eps * std
 
-    def forward(self, x, c=None):
+    def forward(self, x, c=None, eps=None):
+        """eps: the reparameterisation noise (default: drawn here)."""
         mu, logvar = self.encode(x, c)
-        z = self.reparameterize(mu, logvar)
+        z = self.reparameterize(mu, logvar, eps)
         return self.decode_logits(z, c), mu, logvar
 
 

@@ -69,15 +69,15 @@ class SFTTask(StepTask):
         super().__init__(model, **kw)
         self.train_ex, self.val_ex, self.pad_id, self.eval_batch = train, val, pad_id, eval_batch
 
-    def _loss(self, batch):
+    def _loss(self, batch, net=None):
         ids, labels, mask = pad_batch([s for s, _ in batch], [k for _, k in batch], self.pad_id)
-        _, loss = self.model(ids[:, :-1].to(self.device), labels[:, 1:].to(self.device),
+        _, loss = (net or self.model)(ids[:, :-1].to(self.device), labels[:, 1:].to(self.device),
                              attention_mask=mask[:, :-1].to(self.device))
         return loss, int((labels[:, 1:] != -100).sum())
 
     def batch_loss(self):
-        pick = torch.randint(0, len(self.train_ex), (self.batch,), generator=self.gen).tolist()
-        return self._loss([self.train_ex[i] for i in pick])[0]
+        pick = self.engine.split(torch.randint(0, len(self.train_ex), (self.batch,), generator=self.gen).tolist())
+        return self._loss([self.train_ex[i] for i in pick], self.net)[0]
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -109,11 +109,11 @@ class DPOTask(StepTask):
         self.model.train(was)
         return out
 
-    def _pair_logps(self, pairs) -> torch.Tensor:
+    def _pair_logps(self, pairs, net=None) -> torch.Tensor:
         """(n, 2): log-probabilities of (chosen, rejected) under the current model."""
         seqs = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
         k = [p["n_prompt"] for p in pairs] * 2
-        lp = sequence_logprobs(self.model, seqs, k, self.pad_id, self.engine)
+        lp = sequence_logprobs(net or self.model, seqs, k, self.pad_id, self.engine)
         return torch.stack([lp[:len(pairs)], lp[len(pairs):]], 1)
 
     def _dpo(self, lp, ref):
@@ -121,8 +121,8 @@ class DPOTask(StepTask):
         return -F.logsigmoid(margin).mean(), margin
 
     def batch_loss(self):
-        pick = torch.randint(0, len(self.train_ex), (self.batch,), generator=self.gen)
-        lp = self._pair_logps([self.train_ex[i] for i in pick.tolist()])
+        pick = self.engine.split(torch.randint(0, len(self.train_ex), (self.batch,), generator=self.gen))
+        lp = self._pair_logps([self.train_ex[i] for i in pick.tolist()], self.net)
         return self._dpo(lp, self.ref_train[pick].to(self.device))[0]
 
     @torch.no_grad()

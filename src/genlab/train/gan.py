@@ -75,6 +75,28 @@ class GANTask(Task):
             self._ref = gaussian_stats(classifier.features(ImageData.to_float(data.train_x[idx])))
         self.bce = nn.BCELoss()
 
+    # -- processes --------------------------------------------------------------------------
+    grad_reduce = "mean"  # both losses average over the batch
+
+    def distribute(self, engine):
+        """Under torchrun both networks train in DDP: D's step runs D's wrapper, G's step
+        G's (D then runs unwrapped, its weights frozen: its gradients are not needed)."""
+        self.engine = engine
+        self.G_net = engine.wrap(self.model.G, self.grad_reduce)
+        self.D_net = engine.wrap(self.model.D, self.grad_reduce)
+
+    def _latents(self, b, dev):
+        """Latents for this rank's b images: its rows of the global batch's."""
+        return self.engine.randn(self.cfg.z_dim, device=dev) if b == self.engine.part[1] - self.engine.part[0] \
+            else torch.randn(b, self.cfg.z_dim, device=dev)
+
+    def _draw(self, b, dev):
+        """Conditions for this rank's b generated images: its rows of the global batch's."""
+        if b != self.engine.part[1] - self.engine.part[0] or not self.engine.distributed:
+            return self.cond.draw(b, dev)
+        y, key = self.cond.draw(self.engine.global_rows, dev)
+        return self.engine.rows(y), self.engine.rows(key)
+
     # -- state (resume) -------------------------------------------------------------------
     def state_dict(self):
         return {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
@@ -120,14 +142,14 @@ class GANTask(Task):
         G, D = self.model.G, self.model.D
         b, dev = x.shape[0], x.device
         y_real, key = self.cond.real(y)
-        y_fake, _ = self.cond.draw(b, dev)
+        y_fake, _ = self._draw(b, dev)
 
         # Discriminator: real images -> "real", generated images -> "fake".
-        z = torch.randn(b, self.cfg.z_dim, device=dev)
+        z = self._latents(b, dev)
         with torch.no_grad():
             fake = G(z, y_fake)
-        out_real = D(x, y_real)
-        out_fake = D(fake, y_fake)
+        out_real = self.D_net(x, y_real)
+        out_fake = self.D_net(fake, y_fake)
         if self.cond.kind == "text":
             real = (F.softplus(-out_real) if self.loss == "ns" else F.relu(1 - out_real)).mean()
             d_loss = real + self._negatives(D, lambda: x, out_fake, y_real, key)
@@ -143,10 +165,10 @@ class GANTask(Task):
         self.opt_d.step()
 
         # Generator: make D call fresh fakes "real" (the labels flipped).
-        z = torch.randn(b, self.cfg.z_dim, device=dev)
+        z = self._latents(b, dev)
         y_fake = self._g_conditions(b, dev, y_fake)
         D.requires_grad_(False)
-        img = G(z, y_fake)
+        img = self.G_net(z, y_fake)
         out = D(img, y_fake)
         if self.loss == "bce":
             g_loss = self.bce(out, torch.ones(b, 1, device=dev))
@@ -170,7 +192,7 @@ class GANTask(Task):
         the batch repeats the first half's, so each condition is drawn with two latents."""
         if y_fake is None:
             return None
-        y, _ = self.cond.draw(b, dev)
+        y, _ = self._draw(b, dev)
         if self.mode_seeking > 0 and b >= 2:
             h = b // 2
             y = torch.cat([y[:h], y[:h], y[2 * h:]])

@@ -5,6 +5,8 @@ while training (`genlab eval` scores the whole split: metrics/text.py).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 
@@ -34,6 +36,13 @@ class StepTask(IterTask):
         self.optimizer = make_optimizer(model, lr=lr, betas=betas, weight_decay=weight_decay, decoupled=True)
         self.gen = torch.Generator().manual_seed(seed)
         self.current_lr = lr
+        self.net = model
+
+    def distribute(self, engine: Engine) -> None:
+        """Under torchrun: train the model in DDP; every rank draws the same global batch
+        (one generator, one seed) and keeps its part (`self.engine.split`)."""
+        self.engine = engine
+        self.net = engine.wrap(self.model, "mean")
 
     def set_progress(self, iteration: int, fraction: float) -> None:
         self.current_lr = warmup_lr(iteration, fraction, self.lr, self.min_lr, self.warmup, self.schedule)
@@ -44,10 +53,12 @@ class StepTask(IterTask):
 
     def train_step(self) -> float:
         total = 0.0
-        for _ in range(self.accum):
-            with self.engine.autocast():
+        for i in range(self.accum):
+            # under DDP the gradients are all-reduced once, after the last micro-batch
+            sync = i == self.accum - 1 or not hasattr(self.net, "no_sync")
+            with self.engine.autocast(), (nullcontext() if sync else self.net.no_sync()):
                 loss = self.batch_loss()
-            (loss / self.accum).backward()
+                (loss / self.accum).backward()
             total += float(loss.detach())
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
@@ -89,9 +100,9 @@ class LMTask(StepTask):
 
     def batch_loss(self) -> torch.Tensor:
         hi = len(self.data["train"]) - self.block - 1
-        starts = torch.randint(0, hi + 1, (self.batch,), generator=self.gen).tolist()
+        starts = self.engine.split(torch.randint(0, hi + 1, (self.batch,), generator=self.gen).tolist())
         x, y = windows(self.data["train"], starts, self.block)
-        _, loss = self.model(x.to(self.device), y.to(self.device))
+        _, loss = self.net(x.to(self.device), y.to(self.device))
         return loss
 
     @torch.no_grad()

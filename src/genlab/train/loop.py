@@ -10,6 +10,10 @@ the model (e.g. the VAE's reparameterization noise); evaluation runs inside
 the loop position (epoch, step), the shuffling generator's state at the start of the
 epoch, the global RNG state and the running loss sum, so a resumed run replays exactly the
 batches and noise an uninterrupted run would have seen: same weights, bit for bit.
+
+Under torchrun (engine.py) every rank runs this loop on its part of each global batch; one
+all-reduce per step sums the loss and agrees on stopping (time budget, Ctrl-C), so all
+ranks stop at the same step; rank 0 alone evaluates and writes while the others wait.
 """
 from __future__ import annotations
 
@@ -53,6 +57,16 @@ class Task:
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+
+    def distribute(self, engine: Engine) -> None:
+        """Called by the loop before training: keep the engine, and `net`, the module
+        train_step runs (under torchrun, `model` in DDP; `model` itself stays what is
+        evaluated and saved). `grad_reduce`: how the loss combines examples (sum or mean)."""
+        self.engine = engine
+        self.net = engine.wrap(self.model, self.grad_reduce)
+
+    grad_reduce = "sum"
+    engine: Engine = CPU
 
     def targets(self, train_y: torch.Tensor | None) -> torch.Tensor | None:
         """What the loop hands train_step as y for each training image: its label by
@@ -143,6 +157,24 @@ def _stop_reason(intr: _Interrupt, time_budget: float | None, elapsed: float) ->
     return None
 
 
+_REASONS = (None, "time budget", "interrupt")
+
+
+def _agree(engine: Engine, loss: float, intr: _Interrupt, time_budget, clock: _Clock) -> tuple[float, str | None]:
+    """Under torchrun, after a step: the loss summed over the ranks, and the stop reason any
+    rank has (every rank then stops before the next step)."""
+    clock.tick()
+    total, code = engine.agree(loss, _REASONS.index(_stop_reason(intr, time_budget, clock.elapsed)))
+    return total, _REASONS[code]
+
+
+def check_world(engine: Engine, batch_size: int, what: str = "--batch-size") -> None:
+    """Every rank needs at least one example of each global batch."""
+    if batch_size < engine.world_size:
+        raise GenlabError(f"{what} {batch_size} cannot be split over {engine.world_size} processes "
+                          f"(each needs at least one example: give at least {engine.world_size}, or fewer processes)")
+
+
 def _check_finite(loss: float, where: str, run: RunDir, kept: str) -> None:
     if not math.isfinite(loss):
         raise GenlabError(f"training diverged: loss became {loss} at {where}; the {kept} checkpoint "
@@ -167,8 +199,11 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
     n = len(train_x)
     if n == 0:
         raise GenlabError("the training split is empty")
-    bs = cfg.batch_size
+    bs = cfg.batch_size  # the global batch (engine.py: its split over the ranks)
+    check_world(engine, bs)
     steps_per_epoch = math.ceil(n / bs)
+    if n % bs and engine.usable(n % bs) == 0:
+        steps_per_epoch -= 1  # the last partial batch has fewer examples than ranks
     epochs = cfg.epochs if cfg.epochs is not None else 10**9
     total_steps = epochs * steps_per_epoch
 
@@ -185,12 +220,14 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
         step_time = float(state.get("step_time", 0.0))
         gen.set_state(state["gen_state"])
         engine.set_rng_state(state)
+        _forget(run, lambda r: r.get("kind") == "epoch" and r.get("epoch", 0) >= start_epoch and "partial" not in r)
         if start_epoch > epochs:
             log(f"{run.path}: already trained for {start_epoch - 1} epochs; nothing to do")
             return {"epochs": start_epoch - 1, "stopped": None}
     else:
         engine.seed(cfg.seed)
 
+    task.distribute(engine)
     bar, say = _progress(cfg.progress, None if cfg.epochs is None else total_steps,
                          (start_epoch - 1) * steps_per_epoch + start_step, "step", log)
 
@@ -202,7 +239,7 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
                         "gen_state": gen_state, **engine.rng_state(),
                         "running": running_sum, "elapsed": clock.elapsed, "step_time": clock.step_time})
 
-    stopped = None
+    stopped = pending = None
     steps_taken = 0  # in this call
     epoch = start_epoch
     # Denormal floats make CPU kernels (convolutions above all) several times slower and
@@ -213,12 +250,13 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
         try:
             while epoch <= epochs and stopped is None:
                 gen_state = gen.get_state()
-                perm = engine.shard(torch.randperm(n, generator=gen))
+                perm = torch.randperm(n, generator=gen)
                 step = start_step if epoch == start_epoch else 0
                 running = running if epoch == start_epoch else 0.0
                 task.model.train()
+                seen, epoch_t = 0, clock.step_time
                 while step < steps_per_epoch:
-                    stopped = _stop_reason(intr, cfg.time_budget, clock.elapsed)
+                    stopped = pending if engine.distributed else _stop_reason(intr, cfg.time_budget, clock.elapsed)
                     if stopped:
                         break
                     done = ((epoch - 1) * steps_per_epoch + step) / total_steps
@@ -226,10 +264,13 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
                         done = max(done, clock.elapsed / cfg.time_budget)
                     task.set_progress(min(done, 1.0))
                     t0 = time.monotonic()
-                    idx = perm[step * bs:(step + 1) * bs]
+                    idx = engine.split(perm[step * bs:(step + 1) * bs])
                     yb = None if train_y is None else train_y[idx]
                     loss = float(task.train_step(engine.batch(to_float(train_x[idx])),
                                                  None if yb is None else engine.batch(yb)))
+                    seen += len(idx)
+                    if engine.distributed:
+                        loss, pending = _agree(engine, loss, intr, cfg.time_budget, clock)
                     _check_finite(loss, f"epoch {epoch}, step {step + 1}", run, "last good")
                     running += loss
                     step += 1
@@ -238,26 +279,56 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
                 if stopped is not None and step < steps_per_epoch:
                     if stopped == "time budget" and steps_taken > 0 and step > 0:
                         # Finish cleanly: evaluate the model as it stands, then save.
-                        _end_epoch(task, run, epoch, running / min(n, step * bs),
-                                   step / steps_per_epoch, clock.step_time, say, engine)
+                        _end_epoch(task, run, epoch, running / _used(n, bs, step, engine),
+                                   step / steps_per_epoch, clock.step_time, say, engine,
+                                   _rate(seen, clock.step_time - epoch_t, engine))
                     save(epoch, step, gen_state, running)
                     break
-                _end_epoch(task, run, epoch, running / n, 1.0, clock.step_time, say, engine)
+                _end_epoch(task, run, epoch, running / _used(n, bs, steps_per_epoch, engine), 1.0, clock.step_time,
+                           say, engine, _rate(seen, clock.step_time - epoch_t, engine))
                 clock.tick()
                 save(epoch + 1, 0, gen.get_state(), 0.0)
                 epoch += 1
-                if intr.hit:
+                if (pending if engine.distributed else "interrupt" if intr.hit else None) == "interrupt":
                     stopped = "interrupt"
         finally:
             torch.set_flush_denormal(False)
             if bar is not None:
                 bar.close()
+    engine.barrier()  # rank 0's last writes are done before any rank reads the run
     _say_stopped(say, stopped, run, cfg.time_budget, f"{clock.elapsed:.1f}s of training")
     return {"epochs": epoch - 1, "stopped": stopped, "wall_seconds": clock.elapsed,
-            "step_seconds": clock.step_time}
+            "step_seconds": clock.step_time, "world_size": engine.world_size}
 
 
-def _end_epoch(task, run, epoch, train_loss, fraction, step_time, say, engine):
+def _used(n: int, bs: int, steps: int, engine: Engine) -> int:
+    """How many examples the first `steps` global batches of an epoch of n hold (all ranks)."""
+    if steps * bs <= n:
+        return steps * bs
+    return (steps - 1) * bs + engine.usable(n - (steps - 1) * bs)
+
+
+def _forget(run: RunDir, after) -> None:
+    """On resume: drop the metrics records written after the checkpoint (a run killed
+    between logging and saving replays those steps, and logs them again)."""
+    records = run.read_metrics()
+    kept = [r for r in records if not after(r)]
+    if len(kept) < len(records):
+        run.rewrite_metrics(kept)
+
+
+def _rate(examples: int, seconds: float, engine: Engine) -> dict:
+    """Throughput fields of an epoch record: examples per second of training step, per rank."""
+    out = {"examples_per_s": round(examples / seconds, 2) if seconds > 0 else None}
+    if engine.distributed:
+        out["world_size"] = engine.world_size
+    return out
+
+
+def _end_epoch(task, run, epoch, train_loss, fraction, step_time, say, engine, rate=None):
+    if not engine.main:  # rank 0 evaluates and writes; the others wait for it
+        engine.barrier()
+        return {}
     with torch.random.fork_rng(devices=[engine.device] if engine.device.type == "cuda" else []):
         engine.seed(10_000 + epoch)
         task.model.eval()
@@ -268,15 +339,15 @@ def _end_epoch(task, run, epoch, train_loss, fraction, step_time, say, engine):
             extra = task.end_epoch(epoch, train_loss, final=fraction >= 1.0)
         task.model.train()
     rec = {"kind": "epoch", "epoch": epoch, "train_loss": train_loss, **extra,
-           "step_seconds": round(step_time, 3)}
+           "step_seconds": round(step_time, 3), **(rate or {})}
     if fraction < 1.0:
         rec["partial"] = round(fraction, 4)
     line = task.epoch_line(epoch, rec)
     if fraction < 1.0:
         line += f"  (stopped {fraction:.0%} into the epoch)"
     say(line)
-    if engine.main:
-        run.append_metrics(rec)
+    run.append_metrics(rec)
+    engine.barrier()
     return rec
 
 
@@ -318,6 +389,9 @@ class IterTask:
     def log_fields(self) -> dict:
         return {}
 
+    def distribute(self, engine: Engine) -> None:
+        """Called by the loop before training (under torchrun: wrap what trains in DDP)."""
+
 
 LAST = "last.safetensors"
 
@@ -341,12 +415,14 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
         it, elapsed = int(state["iter"]), float(state["elapsed"])
         step_time, best = float(state["step_time"]), float(state["best_val_loss"])
         engine.set_rng_state(state)
+        _forget(run, lambda r: r.get("kind") in ("iter", "val") and r.get("iter", 0) > it)
         if cfg.max_iters is not None and it >= cfg.max_iters:
             log(f"{run.path}: already trained for {it} iterations; nothing to do (raise --max-iters)")
             return {"iters": it, "stopped": None, "best_val_loss": best}
     else:
         engine.seed(cfg.seed)
 
+    task.distribute(engine)
     bar, say = _progress(cfg.progress, cfg.max_iters, it, "it", log)
     clock = _Clock(elapsed, step_time)
 
@@ -359,6 +435,9 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
 
     def evaluate():
         nonlocal best
+        if not engine.main:  # rank 0 evaluates and writes; the others wait for it
+            engine.barrier()
+            return None
         with torch.random.fork_rng(devices=[engine.device] if engine.device.type == "cuda" else []):
             task.model.eval()
             with torch.no_grad():
@@ -373,14 +452,16 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
         if engine.main:
             run.append_metrics(rec)
         say(f"iter {it}: val loss {rec['val_loss']:.4f}" + ("  (best so far, saved)" if improved else ""))
+        engine.barrier()
         return rec
 
-    stopped, steps_taken, last_eval = None, 0, it if resume else -1
+    stopped, steps_taken, last_eval, pending = None, 0, it if resume else -1, None
+    log_t, log_it = clock.step_time, it
     with _Interrupt() as intr:
         try:
             task.model.train()
             while cfg.max_iters is None or it < cfg.max_iters:
-                stopped = _stop_reason(intr, cfg.time_budget, clock.elapsed)
+                stopped = pending if engine.distributed else _stop_reason(intr, cfg.time_budget, clock.elapsed)
                 if stopped:
                     break
                 frac = 0.0 if cfg.max_iters is None else it / cfg.max_iters
@@ -389,15 +470,21 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
                 task.set_progress(it, min(frac, 1.0))
                 t0 = time.monotonic()
                 loss = float(task.train_step())
+                if engine.distributed:  # the global batch's mean: each rank's, weighted by its share
+                    loss, pending = _agree(engine, loss * engine.share, intr, cfg.time_budget, clock)
                 _check_finite(loss, f"iteration {it + 1}", run, "best")
                 it += 1
                 steps_taken += 1
                 _stepped(clock, t0, bar, lambda: f"loss {loss:.4f}")
                 if it % cfg.log_interval == 0 or it == 1:
                     extra = task.log_fields()
-                    if engine.main:
-                        run.append_metrics({"kind": "iter", "iter": it, "loss": loss, **extra,
-                                            "elapsed": round(clock.elapsed, 2)})
+                    rate = {"steps_per_s": round((it - log_it) / (clock.step_time - log_t), 3)} \
+                        if clock.step_time > log_t else {}
+                    if engine.distributed:
+                        rate["world_size"] = engine.world_size
+                    log_t, log_it = clock.step_time, it
+                    run.append_metrics({"kind": "iter", "iter": it, "loss": loss, **extra, **rate,
+                                        "elapsed": round(clock.elapsed, 2)})
                     say(f"iter {it}: loss {loss:.4f}" + "".join(f", {k} {v:.3g}" for k, v in extra.items())
                         + f", {clock.elapsed:.0f}s")
                 if it % cfg.eval_interval == 0:
@@ -413,6 +500,7 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
         finally:
             if bar is not None:
                 bar.close()
+    engine.barrier()  # rank 0's last writes are done before any rank reads the run
     _say_stopped(say, stopped, run, cfg.time_budget, f"{it} iterations")
     return {"iters": it, "stopped": stopped, "wall_seconds": clock.elapsed,
-            "step_seconds": clock.step_time, "best_val_loss": best}
+            "step_seconds": clock.step_time, "best_val_loss": best, "world_size": engine.world_size}

@@ -129,6 +129,11 @@ class RLOOTask(StepTask):
         self.eval_seed, self.heldout_fn = eval_seed, heldout_fn
         self.last: dict = {}
 
+    def distribute(self, engine: Engine) -> None:
+        check(not engine.distributed, f"--method rlhf ({self.name}) trains in one process; its rollouts are "
+                                      "not split over ranks yet (drop --nproc / torchrun)")
+        super().distribute(engine)
+
     def _rollout(self, prompts, generator):
         """k sampled replies per prompt, their rewards and the reference's log-probabilities
         of each reply's tokens."""

@@ -65,17 +65,24 @@ class StyleGANTask(GANTask):
         super().load_state_dict(state)
         self.pl_mean = state.get("pl_mean", torch.zeros(())).clone()
 
+    def distribute(self, engine):
+        """Under torchrun: the mapping and synthesis networks (called one by one here) and
+        D each in DDP."""
+        self.engine = engine
+        self.map_net = engine.wrap(self.model.G.mapping, self.grad_reduce)
+        self.syn_net = engine.wrap(self.model.G.synthesis, self.grad_reduce)
+        self.D_net = engine.wrap(self.model.D, self.grad_reduce)
+
     def _aug(self, x):
         return diffaugment(x) if self.augment else x
 
     def _ws(self, b, y, dev, update_w_avg=False, z=None):
         """Styles for b images: one latent's, or (style mixing) two latents' split at a random layer."""
-        G = self.model.G
-        z = torch.randn(b, self.cfg.z_dim, device=dev) if z is None else z
-        ws = G.mapping(z, y, update_w_avg=update_w_avg)
+        z = self._latents(b, dev) if z is None else z
+        ws = self.map_net(z, y, update_w_avg=update_w_avg)
         if self.mixing > 0 and float(torch.rand(())) < self.mixing:
             cut = int(torch.randint(1, self.cfg.num_ws, ()))
-            ws2 = G.mapping(torch.randn(b, self.cfg.z_dim, device=dev), y)
+            ws2 = self.map_net(self._latents(b, dev), y)
             ws = torch.cat([ws[:, :cut], ws2[:, cut:]], dim=1)
         return ws
 
@@ -83,13 +90,13 @@ class StyleGANTask(GANTask):
         G, D = self.model.G, self.model.D
         b, dev = x.shape[0], x.device
         y_real, key = self.cond.real(y)
-        y_fake, _ = self.cond.draw(b, dev)
+        y_fake, _ = self._draw(b, dev)
 
         # Discriminator: logistic loss, and every r1_interval steps the R1 penalty on real images.
         with torch.no_grad():
             fake = G.synthesis(self._ws(b, y_fake, dev))
-        out_real = D(self._aug(x), y_real)
-        out_fake = D(self._aug(fake), y_fake)
+        out_real = self.D_net(self._aug(x), y_real)
+        out_fake = self.D_net(self._aug(fake), y_fake)
         d_loss = self._negatives(D, lambda: self._aug(x), out_fake, y_real, key) + F.softplus(-out_real).mean()
         if self.r1_gamma > 0 and self.steps % self.r1_interval == 0:
             xr = x.detach().requires_grad_(True)
@@ -102,9 +109,9 @@ class StyleGANTask(GANTask):
         # Generator: make D call fresh fakes real; now and then the path-length penalty.
         D.requires_grad_(False)
         y_fake = self._g_conditions(b, dev, y_fake)
-        z = torch.randn(b, self.cfg.z_dim, device=dev)
+        z = self._latents(b, dev)
         ws = self._ws(b, y_fake, dev, update_w_avg=True, z=z)
-        img = G.synthesis(ws)
+        img = self.syn_net(ws)
         out = D(self._aug(img), y_fake)
         g_loss = F.softplus(-out).mean() + self._mode_seeking_term(img, z)
         if self.pl_weight > 0 and self.steps % 4 == 0:
@@ -122,7 +129,7 @@ class StyleGANTask(GANTask):
         |J_w^T y| for random image-space y, pulled towards its running mean."""
         bs = max(1, b // 2)
         ws = self._ws(bs, None if y is None else y[:bs], dev)
-        img = self.model.G.synthesis(ws)
+        img = self.syn_net(ws)
         noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
         grad, = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
         lengths = grad.square().sum(2).mean(1).sqrt()

@@ -26,6 +26,8 @@ class VAETask(Task):
         g = torch.Generator().manual_seed(seed + 1)
         self.grid_z = torch.randn(n_grid, model.cfg.latent_dim, generator=g)  # fixed latents
 
+    grad_reduce = "sum"  # the loss sums over the batch
+
     def set_progress(self, fraction):
         if self.schedule != "constant":
             set_lr(self.optimizer, self.lr * lr_factor(self.schedule, fraction))
@@ -35,7 +37,8 @@ class VAETask(Task):
 
     def train_step(self, x, y):
         c, _ = self.cond.real(y)
-        logits, mu, logvar = self.model(x, c)
+        eps = self.engine.randn(self.model.cfg.latent_dim, device=x.device)  # the global batch's rows
+        logits, mu, logvar = self.net(x, c, eps=eps)
         bce, kld = elbo_terms(logits, x, mu, logvar)
         loss = bce + self.beta * kld
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,135 @@
+"""Multi-process training on PyTorch's own stack (torchrun + DDP, gloo on the CPU), on real
+data: two processes with half the batch each give the weights one process gives (VAE on
+MNIST, GPT on Shakespeare); a run resumes under another process count; a rank killed with
+SIGKILL under --max-restarts is restarted and the run ends where an uninterrupted one
+does; the bad inputs of --nproc are one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+GENLAB = [sys.executable, "-m", "genlab"]
+
+
+@pytest.fixture(scope="module")
+def mnist_2k(mnist, tmp_path_factory):
+    """The first 2,000 real MNIST training images as an npy: dataset (15 steps an epoch)."""
+    path = tmp_path_factory.mktemp("data") / "mnist2k.npy"
+    np.save(path, mnist.train_x[:2000, 0].numpy())
+    return f"npy:{path}"
+
+
+def _train(cli, *args):
+    r = cli("train", *args, "--no-progress")
+    assert r.returncode == 0, f"training failed:\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def _max_diff(a, b, name="model.safetensors") -> float:
+    wa, wb = load_file(str(a / name)), load_file(str(b / name))
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
+def test_two_vae_processes_match_one(cli, mnist_2k, tmp_path):
+    common = ("vae", "--dataset", mnist_2k, "--epochs", "1", "--batch-size", "128", "--seed", "3")
+    _train(cli, *common, "--out", tmp_path / "one")
+    r = _train(cli, *common, "--out", tmp_path / "two", "--nproc", "2")
+    assert "launching 2 processes" in r.stdout
+    assert r.stdout.count("Epoch 1,") == 1, "only rank 0 prints"
+    assert _max_diff(tmp_path / "one", tmp_path / "two") < 1e-5
+    cfg = json.loads((tmp_path / "two" / "config.json").read_text())["train"]
+    assert (cfg["world_size"], cfg["global_batch_size"]) == (2, 128)
+    rec = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rec) == 1 and rec[0]["world_size"] == 2 and rec[0]["examples_per_s"] > 0
+
+
+def test_two_gpt_processes_match_one(cli, tmp_path):
+    common = ("lm", "--corpus", "shakespeare", "--max-iters", "12", "--eval-interval", "6", "--log-interval", "6",
+              "--batch-size", "8", "--block-size", "64", "--n-layer", "2", "--n-head", "2", "--n-embd", "64",
+              "--dropout", "0", "--grad-accum", "2")
+    _train(cli, *common, "--out", tmp_path / "one")
+    _train(cli, *common, "--out", tmp_path / "two", "--nproc", "2")
+    for name in ("model.safetensors", "last.safetensors"):
+        assert _max_diff(tmp_path / "one", tmp_path / "two", name) < 1e-5
+    one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in one] == [r["kind"] for r in two]
+    for a, b in zip(one, two):  # the logged loss is the global batch's, not rank 0's
+        key = "loss" if a["kind"] == "iter" else "val_loss"
+        assert abs(a[key] - b[key]) < 1e-4
+
+
+def test_resume_under_another_process_count(cli, mnist_2k, tmp_path):
+    common = ("vae", "--dataset", mnist_2k, "--batch-size", "100")
+    _train(cli, *common, "--epochs", "2", "--out", tmp_path / "one")
+    _train(cli, *common, "--epochs", "1", "--out", tmp_path / "mixed", "--nproc", "2")
+    _train(cli, *common, "--epochs", "2", "--out", tmp_path / "mixed", "--resume")
+    assert _max_diff(tmp_path / "one", tmp_path / "mixed") < 1e-5
+    cfg = json.loads((tmp_path / "mixed" / "config.json").read_text())["train"]
+    assert cfg["world_size"] == 1
+
+
+def test_gan_trains_in_two_processes(cli, mnist_2k, tmp_path):
+    r = _train(cli, "gan", "--dataset", mnist_2k, "--epochs", "1", "--out", tmp_path / "g", "--nproc", "2")
+    assert "D(x)" in r.stdout
+    w = load_file(str(tmp_path / "g" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
+
+
+def _workers(root: int) -> list[int]:
+    """The training ranks among the launcher's descendants."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout.splitlines()
+    rows = [line.split(None, 2) for line in out if line.strip()]
+    parent = {int(r[0]): int(r[1]) for r in rows}
+
+    def below(pid):
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == root:
+                return True
+        return False
+    return [int(r[0]) for r in rows if len(r) == 3 and "genlab.families.distributed" in r[2] and below(int(r[0]))]
+
+
+def _args(pid: int) -> str:
+    return subprocess.run(["ps", "-ww", "-o", "args=", "-p", str(pid)], capture_output=True, text=True).stdout
+
+
+def test_a_killed_rank_is_restarted_and_the_run_continues(cli, mnist_2k, tmp_path):
+    common = ["vae", "--dataset", mnist_2k, "--epochs", "3", "--nproc", "2", "--no-progress"]
+    _train(cli, *common[:-1], "--out", tmp_path / "whole")
+    p = subprocess.Popen(GENLAB + ["train", *common, "--out", str(tmp_path / "killed"), "--max-restarts", "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "killed" / "state.pt").exists() and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    ranks = [r for r in _workers(p.pid) if "torch.distributed.run" not in _args(r)]
+    assert len(ranks) == 2, f"two ranks run under torchrun (launcher: {p.poll()}, {_args(p.pid)})"
+    os.kill(ranks[1], signal.SIGKILL)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert "restarted by torchrun: resuming" in out
+    assert _max_diff(tmp_path / "whole", tmp_path / "killed") == 0.0
+    epochs = [json.loads(x)["epoch"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--nproc", "0"], "--nproc: must be >= 1, not 0"),
+    (["--nproc", "2", "--batch-size", "1"], "--batch-size 1 cannot be split over 2 processes"),
+    (["--max-restarts", "1"], "--max-restarts needs --nproc N"),
+])
+def test_bad_process_counts(cli_here, expect_user_error, mnist_2k, tmp_path, args, fragment):
+    r = cli_here("train", "vae", "--dataset", mnist_2k, "--epochs", "1", "--out", tmp_path / "run", *args)
+    expect_user_error(r, fragment)
+    assert not (tmp_path / "run").exists()
