@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,3 +134,124 @@ def test_bad_process_counts(cli_here, expect_user_error, mnist_2k, tmp_path, arg
     r = cli_here("train", "vae", "--dataset", mnist_2k, "--epochs", "1", "--out", tmp_path / "run", *args)
     expect_user_error(r, fragment)
     assert not (tmp_path / "run").exists()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_loopback_match_one_process(cli, mnist_2k, tmp_path):
+    """Two machines as torchrun sees them (two launchers meeting at one c10d rendezvous), here
+    both on this machine: the same weights as one process."""
+    common = ["vae", "--dataset", mnist_2k, "--epochs", "1", "--batch-size", "128"]
+    _train(cli, *common, "--out", tmp_path / "one")
+    endpoint = f"127.0.0.1:{_free_port()}"
+    cmd = GENLAB + ["train", *common, "--out", str(tmp_path / "two"), "--no-progress", "--nproc", "1",
+                    "--nnodes", "2", "--rdzv-endpoint", endpoint]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [n.communicate(timeout=300) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs
+    assert sum(o.count("Epoch 1,") for o, _ in outs) == 1, "only global rank 0 prints"
+    assert _max_diff(tmp_path / "one", tmp_path / "two") < 1e-5
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["train"]["world_size"] == 2
+
+
+def test_unreachable_rendezvous_is_one_line(cli, mnist_2k, tmp_path, expect_user_error):
+    t0 = time.monotonic()
+    r = cli("train", "vae", "--dataset", mnist_2k, "--epochs", "1", "--out", tmp_path / "run", "--nproc", "1",
+            "--nnodes", "2", "--rdzv-endpoint", "192.0.2.1:29400", "--rdzv-timeout", "3")  # TEST-NET-1: never answers
+    expect_user_error(r, "--rdzv-endpoint 192.0.2.1:29400", "nothing answers there after 3s")
+    assert time.monotonic() - t0 < 60
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(cli, mnist_2k, tmp_path, expect_user_error):
+    """A run on a 12 MB tmpfs: the first epoch's checkpoint fits, a later one does not."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        run = disk / "run"
+        r = cli("train", "vae", "--dataset", mnist_2k, "--epochs", "6", "--out", run, "--no-progress")
+        line = expect_user_error(r, "no space left on device")
+        assert "unchanged" in line or "kept" in line
+        assert "Epoch 1," in r.stdout
+        state = torch.load(run / "state.pt", weights_only=True)
+        done = state["epoch"] - 1
+        assert done >= 1
+        epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert epochs[:done] == list(range(1, done + 1))
+        assert not [p for p in run.iterdir() if p.name.endswith(".tmp")], "no temporary file left behind"
+        # the kept checkpoint resumes, bit for bit, once there is room (on the disk of tmp_path)
+        shutil.copytree(run, tmp_path / "moved")
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+    _train(cli, "vae", "--dataset", mnist_2k, "--epochs", "3", "--out", tmp_path / "moved", "--resume")
+    _train(cli, "vae", "--dataset", mnist_2k, "--epochs", "3", "--out", tmp_path / "whole")
+    assert _max_diff(tmp_path / "whole", tmp_path / "moved") == 0.0
+
+
+def test_a_checkpoint_from_a_newer_format_is_refused(cli, mnist_2k, tmp_path, expect_user_error):
+    run = tmp_path / "run"
+    _train(cli, "vae", "--dataset", mnist_2k, "--epochs", "1", "--out", run)
+    state = torch.load(run / "state.pt", weights_only=True)
+    state["format"] = 99
+    torch.save(state, run / "state.pt")
+    before = (run / "model.safetensors").read_bytes()
+    r = cli("train", "vae", "--dataset", mnist_2k, "--epochs", "2", "--out", run, "--resume")
+    expect_user_error(r, "written by a newer genlab", "checkpoint format 99")
+    assert (run / "model.safetensors").read_bytes() == before
+
+
+# -- FSDP2 for full fine-tuning -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gpt_base(cli, tmp_path_factory):
+    """A small char-level GPT trained briefly on Shakespeare: the model to fine-tune."""
+    out = tmp_path_factory.mktemp("base") / "gpt"
+    _train(cli, "lm", "--corpus", "shakespeare", "--recipe", "nanogpt", "--n-layer", "2", "--n-head", "2",
+           "--n-embd", "64", "--block-size", "64", "--batch-size", "16", "--max-iters", "60",
+           "--eval-interval", "60", "--out", out)
+    return out
+
+
+def _finetune(cli, base, out, *args):
+    r = cli("finetune", base, "--data", "shakespeare", "--eval-interval", "3", "--log-interval", "3",
+            "--block-size", "64", "--batch-size", "4", "--lr", "1e-3", "--out", out, "--no-progress", *args)
+    assert r.returncode == 0, f"fine-tuning failed:\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def test_fsdp_full_finetune_matches_ddp_and_resumes_bit_exactly(cli, gpt_base, tmp_path):
+    full = ("--method", "full", "--nproc", "2")
+    _finetune(cli, gpt_base, tmp_path / "ddp", *full, "--max-iters", "6")
+    _finetune(cli, gpt_base, tmp_path / "fsdp", *full, "--fsdp", "--max-iters", "6")
+    for name in ("model.safetensors", "last.safetensors"):
+        assert _max_diff(tmp_path / "ddp", tmp_path / "fsdp", name) < 1e-4  # reduce-scatter vs all-reduce order
+    assert json.loads((tmp_path / "fsdp" / "config.json").read_text())["train"]["fsdp"] is True
+    # the sharded checkpoint is saved whole: 3 steps, then --resume to 6 equals 6 at once
+    _finetune(cli, gpt_base, tmp_path / "half", *full, "--fsdp", "--max-iters", "3")
+    r = cli("finetune", gpt_base, "--data", "shakespeare", "--out", tmp_path / "half", "--resume",
+            "--max-iters", "6", "--nproc", "2", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    for name in ("model.safetensors", "last.safetensors"):
+        assert _max_diff(tmp_path / "fsdp", tmp_path / "half", name) == 0.0
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--method", "lora", "--fsdp", "--nproc", "2"], "--fsdp shards a full fine-tune"),
+    (["--method", "full", "--fsdp"], "--fsdp shards over processes: give --nproc N"),
+])
+def test_bad_fsdp_requests(cli, expect_user_error, gpt_base, tmp_path, args, fragment):
+    r = cli("finetune", gpt_base, "--data", "shakespeare", "--max-iters", "2", "--out", tmp_path / "ft", *args)
+    expect_user_error(r, fragment)
+    assert not (tmp_path / "ft").exists()
+
+
+def test_fsdp_is_for_fine_tunes_only(cli_here, expect_user_error, mnist_2k, tmp_path):
+    r = cli_here("train", "vae", "--dataset", mnist_2k, "--epochs", "1", "--out", tmp_path / "run", "--fsdp")
+    assert r.returncode == 2 and "--fsdp" in r.stderr

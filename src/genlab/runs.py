@@ -16,9 +16,11 @@ Under torchrun only rank 0 writes (the others' writes are no-ops: util/dist.py).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -34,6 +36,7 @@ WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 METRICS = "metrics.jsonl"
 SAMPLES = "samples"
+STATE_FORMAT = 2   # 2: the checkpoint's weights live in state.pt too (1: beside it only)
 
 
 def default_run_dir(family: str, data: str) -> Path:
@@ -54,6 +57,18 @@ def state_mismatch(expected: dict, given: dict) -> tuple[list, list, tuple | Non
     shape = next(((k, tuple(given[k].shape), tuple(v.shape)) for k, v in expected.items()
                   if k in given and tuple(given[k].shape) != tuple(v.shape)), None)
     return missing, extra, shape
+
+
+def _errno_of(path) -> int:
+    """ENOSPC when the disk holding `path` is (nearly) full, else EIO."""
+    try:
+        return errno.ENOSPC if shutil.disk_usage(Path(path).parent).free < 1 << 20 else errno.EIO
+    except OSError:
+        return errno.EIO
+
+
+def _why(path, e: Exception) -> str:
+    return "No space left on device" if _errno_of(path) == errno.ENOSPC else f"write failed: {str(e).splitlines()[0][:120]}"
 
 
 class RunDir:
@@ -118,13 +133,13 @@ class RunDir:
         write_json_atomic(self.path / CONFIG, cfg)
 
     # -- weights -----------------------------------------------------------------------
-    def save_weights(self, module: torch.nn.Module, name: str = WEIGHTS) -> None:
-        """Save the module's state dict. A tensor shared by two names (tied weights, e.g. a
+    def save_weights(self, module: torch.nn.Module | dict, name: str = WEIGHTS) -> None:
+        """Save the module's state dict (or a state dict). A tensor shared by two names (tied weights, e.g. a
         GPT's embedding and output head) is stored once; the metadata records the tie."""
         if not writer():
             return
         tensors, tied, seen = {}, {}, {}
-        for k, v in module.state_dict().items():
+        for k, v in (module if isinstance(module, dict) else module.state_dict()).items():
             key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype) if v.numel() else None
             if key is not None and key in seen:
                 tied[k] = seen[key]
@@ -136,7 +151,10 @@ class RunDir:
         if tied:
             meta["tied"] = json.dumps(tied, sort_keys=True)
         with atomic_path(self.path / name) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+            try:
+                save_file(tensors, str(tmp), metadata=meta)
+            except (SafetensorError, RuntimeError) as e:  # a failed write (a full disk)
+                raise OSError(_errno_of(tmp), _why(tmp, e)) from None
 
     def load_weights(self, module: torch.nn.Module, name: str = WEIGHTS) -> None:
         """Load weights into `module`, checking every name and shape against it."""
@@ -165,16 +183,24 @@ class RunDir:
         if not writer():
             return
         with atomic_path(self.path / STATE) as tmp:
-            torch.save(state, tmp)
+            try:
+                torch.save({**state, "format": STATE_FORMAT}, tmp)
+            except RuntimeError as e:  # torch's writer reports a failed write (a full disk) so
+                raise OSError(_errno_of(tmp), _why(tmp, e)) from None
 
     def load_state(self) -> dict | None:
         p = self.path / STATE
         if not p.is_file():
             return None
         try:
-            return torch.load(p, map_location="cpu", weights_only=True)
+            state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure means an unusable file
             raise GenlabError(f"{p}: corrupt resume state ({type(e).__name__})") from None
+        fmt = state.get("format", 1) if isinstance(state, dict) else 1
+        if not isinstance(fmt, int) or fmt > STATE_FORMAT:
+            raise GenlabError(f"{p}: written by a newer genlab (checkpoint format {fmt}; this one reads up to "
+                              f"{STATE_FORMAT}): upgrade genlab to resume it")
+        return state
 
     def has_state(self) -> bool:
         return (self.path / STATE).is_file()
@@ -184,10 +210,14 @@ class RunDir:
         """Append one JSON line (appends are line-atomic for our small records)."""
         if not writer():
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / METRICS, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with open(self.path / METRICS, "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+                f.flush()
+        except OSError as e:
+            raise GenlabError(f"{self.path / METRICS}: cannot write it ({e.strerror or e}); "
+                              "the last checkpoint is unchanged") from None
 
     def read_metrics(self) -> list[dict]:
         p = self.path / METRICS

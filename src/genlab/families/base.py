@@ -16,7 +16,7 @@ from ..util import dist as procs
 from ..util.device import resolve_device
 from ..util.errors import GenlabError, check
 from ..util.options import Opt, above, validate_all
-from .distributed import MAX_RESTARTS, NPROC, launch, restarted
+from .distributed import OPTIONS as LAUNCH, check_launch, launch, pop_launch, restarted
 
 # Options every trainer takes (the CLI adds them to each `train` sub-command).
 OUT = Opt("out", str, help="run directory (default runs/FAMILY-DATASET[-N])")
@@ -26,9 +26,9 @@ TIME_BUDGET = Opt("time_budget", float, check=above(0), metavar="SECONDS", label
 RESUME = Opt("resume", bool, False, help="continue the interrupted run in --out")
 OVERWRITE = Opt("overwrite", bool, False, help="replace an existing run in --out")
 PROGRESS = Opt("progress", bool, None, flag="--no-progress", help="no progress bar")
-COMMON = (OUT, SEED, TIME_BUDGET, RESUME, OVERWRITE, PROGRESS, NPROC, MAX_RESTARTS)
+COMMON = (OUT, SEED, TIME_BUDGET, RESUME, OVERWRITE, PROGRESS, *LAUNCH)
 # Runtime choices, not part of a run's recipe: --resume may give them freely.
-RUNTIME = {"out", "resume", "overwrite", "progress", "device", "log", "warn", "nproc", "max_restarts"}
+RUNTIME = {"out", "resume", "overwrite", "progress", "device", "log", "warn", *(o.name for o in LAUNCH)}
 
 FAMILIES: dict = {}   # name -> Family instance, filled by @register as the modules load
 
@@ -131,11 +131,11 @@ class Family:
         self.check_known(given)
         validate_all(self.all_options(), given)
         resolve_device(given.get("device"))  # a device this machine lacks stops us before anything is written
-        nproc, restarts = given.pop("nproc", None), given.pop("max_restarts", None)
-        if nproc is not None and nproc > 1:
-            self.check_split(given, nproc)
-            return launch(self, out, given, nproc, restarts or 0, log)
-        check(not restarts, "--max-restarts needs --nproc N (or torchrun's own --max-restarts)")
+        opts = pop_launch(given)
+        check_launch(opts)
+        if (opts["nproc"] or 1) * (opts["nnodes"] or 1) > 1:
+            self.check_split(given, opts["nproc"] * (opts["nnodes"] or 1))
+            return launch(self, out, given, opts, log)
         if not procs.writer():  # under torchrun rank 0 speaks for every rank
             log, given["progress"] = (lambda *a, **k: None), False
         if restarted() and out is not None and RunDir(out).has_state():

@@ -67,7 +67,7 @@ DEFAULTS = {
 COMMON = {"batch_size": 4, "grad_accum": 1, "block_size": 256, "max_iters": None, "time_budget": None,
           "warmup_iters": 10, "eval_interval": 50, "log_interval": 10, "grad_clip": 1.0,
           "schedule": "cosine", "min_lr": None, "beta": 0.1, "dtype": "float32", "eval_examples": 64,
-          "grad_checkpoint": False}
+          "grad_checkpoint": False, "fsdp": False}
 # RLHF (--reward): the RL step's settings (benchmarks/rlhf.py measures them on SmolLM2-135M).
 RL_LR = {"full": 1e-5, "lora": 5e-4}
 RL = {"algorithm": "rloo", "samples": 4, "kl_coef": 0.05, "kl_target": None, "length_penalty": 0.0, "max_new_tokens": 48,
@@ -184,7 +184,7 @@ def _prepare(config, base, tok, template, payload, engine, log):
     kw = dict(batch_size=t["batch_size"], grad_accum=t["grad_accum"], lr=t["lr"], min_lr=t["min_lr"],
               warmup_iters=t["warmup_iters"], schedule=t["schedule"], weight_decay=t["weight_decay"],
               betas=(0.9, 0.999), grad_clip=t["grad_clip"], engine=engine,
-              seed=t["seed"], checkpoint=Trainable(lm.hf))
+              seed=t["seed"], checkpoint=Trainable(lm.hf), fsdp=t.get("fsdp", False))
     objective = t["objective"]
     if objective == CORPUS:
         data = encoded(payload, tok, log)
@@ -400,6 +400,8 @@ class FinetuneFamily(Family):
         Opt("max_new_tokens", int, check=at_least(1), help="RLHF: longest sampled reply, tokens (default 48)"),
         Opt("temperature", float, check=above(0), cli=False),
         Opt("grad_checkpoint", bool, help="recompute activations in the backward pass: less memory, ~30%% more time"),
+        Opt("fsdp", bool, help="with --method full under --nproc N / torchrun: shard the weights, gradients and "
+                               "optimiser state over the processes (PyTorch FSDP2) instead of copying them (DDP)"),
         Opt("dtype", str, choices=("float32", "bfloat16"), what="dtype", help="autocast (default float32)"),
         Opt("schedule", str, choices=("cosine", "constant"), what="schedule", cli=False),
         Opt("min_lr", float, check=at_least(0), cli=False),
@@ -450,6 +452,11 @@ class FinetuneFamily(Family):
         t = {**COMMON, **DEFAULTS[method], **{k: o[k] for k in (*COMMON, *DEFAULTS["full"]) if k in o}}
         if t["max_iters"] is None and t["time_budget"] is None:
             t["max_iters"] = 200
+        if t["fsdp"]:
+            check(method == "full", "--fsdp shards a full fine-tune (--method full); LoRA's few weights train "
+                                    "under DDP: drop --fsdp")
+            check(o.get("reward") is None, "--fsdp: RLHF (--reward) trains in one process")
+            check(procs.world_size() > 1, "--fsdp shards over processes: give --nproc N (or run under torchrun)")
         lora = {**LORA, **{k: v for k, v in (o.get("lora") or {}).items() if v is not None},
                 **{LORA_OPTIONS[k]: o[k] for k in LORA_OPTIONS if o.get(k) is not None}}
         by_key = {v: k for k, v in LORA_OPTIONS.items()}
@@ -536,7 +543,8 @@ class FinetuneFamily(Family):
         loop = IterConfig(max_iters=t["max_iters"], eval_interval=t["eval_interval"], log_interval=t["log_interval"],
                           seed=t["seed"], time_budget=t["time_budget"], progress=progress)
         summary = fit_iters(run, task, loop, resume=resume, log=log, engine=engine)
-        run.load_weights(task.checkpoint)  # the best held-out weights
+        if not task.sharded:
+            run.load_weights(task.checkpoint)  # the best held-out weights
         if config["method"] == "lora" and procs.writer():
             _save_adapter(lm.hf, run, config)
         save_loss_plot(run.read_metrics(), run.path / "loss.png", keys=("loss", "val_loss"),
@@ -545,6 +553,10 @@ class FinetuneFamily(Family):
                        ylabel="loss")
         log(f"run saved in {run.path} (best held-out loss {summary['best_val_loss']:.4f}"
             + ("; PEFT adapter in adapter/" if config["method"] == "lora" else "") + ")")
+        if task.sharded:  # each rank holds a shard: the best weights, whole, from the run
+            ft = load_finetuned(run.path, device=str(engine.device))
+            ft.summary = summary
+            return ft
         ft = FinetunedModel(lm.hf, tok, run.path, config, template)
         ft.summary = summary
         return ft

@@ -185,6 +185,37 @@ class Engine:
         ddp.register_comm_hook((self, reduce), _reduce_hook)
         return ddp
 
+    def fsdp(self, module: torch.nn.Module) -> None:
+        """Shard `module` over the ranks with FSDP2: each block of its largest stack of
+        layers (a transformer's decoder layers), then the whole. Its weights become
+        DTensors: each rank holds 1/world_size of every one."""
+        from torch.distributed.fsdp import fully_shard
+        stacks = [m for m in module.modules() if isinstance(m, torch.nn.ModuleList)]
+        for block in max(stacks, key=len, default=[]):
+            fully_shard(block)
+        fully_shard(module)
+
+    @staticmethod
+    def place(state: dict, optimizer: torch.optim.Optimizer) -> dict:
+        """A whole optimiser state dict, each tensor cut to its parameter's shard."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        out = {}
+        for i, st in state["state"].items():
+            p = params[int(i)]
+            out[i] = {k: distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
+                      if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape else v
+                      for k, v in st.items()}
+        return {**state, "state": out}
+
+    def any(self, flag: bool) -> bool:
+        """Whether any rank says so (every rank gets the same answer)."""
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([float(flag)])
+        dist.all_reduce(t)
+        return bool(t > 0)
+
     def agree(self, value: float, stop: int) -> tuple[float, int]:
         """One all-reduce per step: the sum of `value` over the ranks and the largest
         `stop` code (0, 1 or 2), so every rank stops at the same step, whichever saw the
@@ -205,6 +236,12 @@ class Engine:
     def close(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def full_tensor(t):
+    """A tensor whole: a sharded DTensor gathered from every rank (a collective), else itself."""
+    full = getattr(t, "full_tensor", None)
+    return full().detach().cpu() if full is not None else t
 
 
 def _join(device: torch.device) -> None:

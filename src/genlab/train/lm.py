@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..data.tokenizer import windows
-from .engine import CPU, Engine
+from .engine import CPU, Engine, full_tensor
 from .loop import IterTask
 from .optim import make_optimizer, set_lr, warmup_lr
 
@@ -24,8 +24,10 @@ class StepTask(IterTask):
     def __init__(self, model, *, batch_size: int, grad_accum: int = 1, lr: float = 1e-3,
                  min_lr: float | None = None, warmup_iters: int = 100, schedule: str = "cosine",
                  weight_decay: float = 0.1, betas=(0.9, 0.99), grad_clip: float = 1.0,
-                 engine: Engine = CPU, seed: int = 0, checkpoint=None):
+                 engine: Engine = CPU, seed: int = 0, checkpoint=None, fsdp: bool = False):
         self.model = model
+        self.fsdp, self.sharded = fsdp, False
+        self._opt = dict(lr=lr, betas=betas, weight_decay=weight_decay, decoupled=True)
         self.checkpoint = checkpoint if checkpoint is not None else model
         self.engine = engine
         self.device = engine.device
@@ -33,16 +35,30 @@ class StepTask(IterTask):
         self.lr, self.min_lr = lr, lr / 10 if min_lr is None else min_lr
         self.warmup, self.schedule = warmup_iters, schedule
         self.grad_clip = grad_clip
-        self.optimizer = make_optimizer(model, lr=lr, betas=betas, weight_decay=weight_decay, decoupled=True)
+        self.optimizer = make_optimizer(model, **self._opt)
         self.gen = torch.Generator().manual_seed(seed)
         self.current_lr = lr
         self.net = model
 
     def distribute(self, engine: Engine) -> None:
-        """Under torchrun: train the model in DDP; every rank draws the same global batch
-        (one generator, one seed) and keeps its part (`self.engine.split`)."""
+        """Under torchrun: train the model in DDP, or with `fsdp` sharded by FSDP2 (each
+        transformer block, then the whole; the optimiser rebuilt on the shards, a resumed
+        state placed on them); every rank draws the same global batch (one generator, one
+        seed) and keeps its part (`self.engine.split`)."""
         self.engine = engine
-        self.net = engine.wrap(self.model, "mean")
+        if not (self.fsdp and engine.distributed):
+            self.net = engine.wrap(self.model, "mean")
+            return
+        state = self.optimizer.state_dict()
+        engine.fsdp(self.model)
+        self.optimizer = make_optimizer(self.model, **self._opt)
+        if state["state"]:
+            self.optimizer.load_state_dict(engine.place(state, self.optimizer))
+        self.net, self.sharded = self.model, True
+
+    def checkpoint_state(self) -> dict:
+        """What the checkpoint holds, whole (under FSDP: gathered from every rank, on all)."""
+        return {k: full_tensor(v) for k, v in self.checkpoint.state_dict().items()}
 
     def set_progress(self, iteration: int, fraction: float) -> None:
         self.current_lr = warmup_lr(iteration, fraction, self.lr, self.min_lr, self.warmup, self.schedule)
@@ -71,7 +87,11 @@ class StepTask(IterTask):
         return {"lr": self.current_lr}
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "gen_state": self.gen.get_state()}
+        """(Under FSDP: the optimiser's state gathered whole, on every rank.)"""
+        opt = self.optimizer.state_dict()
+        if self.sharded:
+            opt = {**opt, "state": {i: {k: full_tensor(v) for k, v in st.items()} for i, st in opt["state"].items()}}
+        return {"optimizer": opt, "gen_state": self.gen.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])

@@ -214,6 +214,8 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
         state = run.load_state()
         if state is None:
             raise GenlabError(f"{run.path}: nothing to resume (no state.pt)")
+        if "weights" in state:  # the checkpoint's own copy of the weights
+            task.model.load_state_dict(state["weights"])
         task.load_state_dict(state["task"] if "task" in state else state)
         start_epoch, start_step = int(state["epoch"]), int(state["step"])
         running, elapsed = float(state["running"]), float(state["elapsed"])
@@ -234,10 +236,12 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
     def save(epoch, step, gen_state, running_sum):
         if not engine.main:
             return
-        run.save_weights(task.model)
+        # the state file is the checkpoint (weights included, one atomic file: a kill between
+        # two files cannot pair new weights with an old position); then the model file
         run.save_state({"task": task.state_dict(), "epoch": epoch, "step": step,
-                        "gen_state": gen_state, **engine.rng_state(),
+                        "gen_state": gen_state, **engine.rng_state(), "weights": task.model.state_dict(),
                         "running": running_sum, "elapsed": clock.elapsed, "step_time": clock.step_time})
+        run.save_weights(task.model)
 
     stopped = pending = None
     steps_taken = 0  # in this call
@@ -410,7 +414,10 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
         state = run.load_state()
         if state is None:
             raise GenlabError(f"{run.path}: nothing to resume (no state.pt)")
-        run.load_weights(task.checkpoint, LAST)
+        if "weights" in state:  # the checkpoint's own copy (runs before it: last.safetensors)
+            task.checkpoint.load_state_dict(state["weights"])
+        else:
+            run.load_weights(task.checkpoint, LAST)
         task.load_state_dict(state["task"])
         it, elapsed = int(state["iter"]), float(state["elapsed"])
         step_time, best = float(state["step_time"]), float(state["best_val_loss"])
@@ -426,16 +433,25 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
     bar, say = _progress(cfg.progress, cfg.max_iters, it, "it", log)
     clock = _Clock(elapsed, step_time)
 
+    # Under FSDP every rank holds a shard: evaluating and gathering a checkpoint take them all.
+    sharded = getattr(task, "sharded", False)
+
+    def weights() -> dict:
+        """The checkpoint's tensors, whole (under FSDP a collective: every rank calls it)."""
+        return task.checkpoint_state() if sharded else task.checkpoint.state_dict()
+
     def save():
-        if not engine.main:
+        if not (engine.main or sharded):
             return
-        run.save_weights(task.checkpoint, LAST)
-        run.save_state({"task": task.state_dict(), "iter": it, "elapsed": clock.elapsed,
-                        "step_time": clock.step_time, "best_val_loss": best, **engine.rng_state()})
+        state, w = task.state_dict(), weights()
+        if engine.main:
+            run.save_state({"task": state, "iter": it, "elapsed": clock.elapsed, "weights": w,
+                            "step_time": clock.step_time, "best_val_loss": best, **engine.rng_state()})
+            run.save_weights(w, LAST)
 
     def evaluate():
         nonlocal best
-        if not engine.main:  # rank 0 evaluates and writes; the others wait for it
+        if not (engine.main or sharded):  # rank 0 evaluates and writes; the others wait for it
             engine.barrier()
             return None
         with torch.random.fork_rng(devices=[engine.device] if engine.device.type == "cuda" else []):
@@ -446,8 +462,9 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
         improved = rec["val_loss"] < best
         if improved:
             best = rec["val_loss"]
+            w = weights() if (engine.main or sharded) else None
             if engine.main:
-                run.save_weights(task.checkpoint)
+                run.save_weights(w)
         rec = {"kind": "val", "iter": it, **rec, "best": improved, "elapsed": round(clock.elapsed, 2)}
         if engine.main:
             run.append_metrics(rec)
@@ -494,8 +511,10 @@ def fit_iters(run: RunDir, task: IterTask, cfg: IterConfig, resume: bool = False
                     clock.tick()
             if steps_taken and last_eval != it and stopped != "interrupt":
                 evaluate()
-            if engine.main and not run.path.joinpath("model.safetensors").is_file():
-                run.save_weights(task.checkpoint)  # stopped before any evaluation: keep it usable
+            if engine.any(engine.main and not run.path.joinpath("model.safetensors").is_file()):
+                w = weights() if (engine.main or sharded) else None
+                if engine.main:
+                    run.save_weights(w)  # stopped before any evaluation: keep it usable
             save()
         finally:
             if bar is not None:
