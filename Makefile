@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.genlab-installed
 
-.PHONY: demo test test-slow bench bench-gan bench-lm bench-finetune bench-compress bench-stylegan bench-text2image bench-guard bench-decode venv clean
+.PHONY: demo test test-slow bench bench-gan bench-lm bench-finetune bench-compress bench-stylegan bench-text2image bench-guard bench-decode bench-scale venv clean
 
 venv: $(STAMP)
 
@@ -91,6 +91,9 @@ bench-text2image: $(STAMP)
 
 bench-guard: $(STAMP)
 	$(PY) benchmarks/guard.py
+
+bench-scale: $(STAMP)
+	$(PY) benchmarks/scale.py
 
 # llama.cpp, the reference a user would pick instead, in its own environment (never a
 # dependency of genlab): llama-cpp-python builds from source (about 5 minutes). Built for

@@ -155,11 +155,13 @@ class Engine:
         lo, hi, _ = self.part
         return t[lo:hi]
 
-    def randn(self, *shape, device=None, dtype=None) -> torch.Tensor:
-        """Standard normal noise, one row per example of this rank's part, drawn as the
-        global batch's (so the ranks together draw what one process would)."""
-        lo, hi, n = self.part
-        return self.rows(torch.randn(n if n else hi - lo, *shape, device=device, dtype=dtype))
+    def randn(self, n: int, *shape, device=None, dtype=None) -> torch.Tensor:
+        """Standard normal noise for n examples; for this rank's part of the global batch,
+        its rows of the whole batch's draw (so the ranks together draw what one process would)."""
+        lo, hi, total = self.part
+        if self.world_size == 1 or n != hi - lo:
+            return torch.randn(n, *shape, device=device, dtype=dtype)
+        return torch.randn(total, *shape, device=device, dtype=dtype)[lo:hi]
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
         """A batch on the engine's device."""

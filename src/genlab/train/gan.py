@@ -56,6 +56,7 @@ class GANTask(Task):
         self.mode_seeking = mode_seeking
         self.opt_g = make_optimizer(model.G.parameters(), lr=lr_g, betas=betas)
         self.opt_d = make_optimizer(model.D.parameters(), lr=lr_d, betas=betas)
+        self.G_net, self.D_net = model.G, model.D  # what the steps run (distribute() may wrap them)
         self.classifier = classifier
         self.n_eval = n_eval
         self.warn = warn or (lambda m: print(f"genlab: warning: {m}", file=sys.stderr, flush=True))
@@ -87,8 +88,7 @@ class GANTask(Task):
 
     def _latents(self, b, dev):
         """Latents for this rank's b images: its rows of the global batch's."""
-        return self.engine.randn(self.cfg.z_dim, device=dev) if b == self.engine.part[1] - self.engine.part[0] \
-            else torch.randn(b, self.cfg.z_dim, device=dev)
+        return self.engine.randn(b, self.cfg.z_dim, device=dev)
 
     def _draw(self, b, dev):
         """Conditions for this rank's b generated images: its rows of the global batch's."""

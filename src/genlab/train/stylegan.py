@@ -57,6 +57,7 @@ class StyleGANTask(GANTask):
         self.r1_gamma, self.r1_interval, self.mixing = r1_gamma, r1_interval, mixing
         self.pl_weight, self.augment = pl_weight, augment
         self.pl_mean = torch.zeros(())
+        self.map_net, self.syn_net = model.G.mapping, model.G.synthesis  # (distribute() may wrap them)
 
     def state_dict(self):
         return {**super().state_dict(), "pl_mean": self.pl_mean.clone()}

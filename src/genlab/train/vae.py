@@ -23,6 +23,7 @@ class VAETask(Task):
         self.lr = lr
         self.schedule = schedule
         self.optimizer = make_optimizer(model.parameters(), lr=lr)
+        self.net = model  # what train_step runs (the loop's distribute() may wrap it)
         g = torch.Generator().manual_seed(seed + 1)
         self.grid_z = torch.randn(n_grid, model.cfg.latent_dim, generator=g)  # fixed latents
 
@@ -37,7 +38,7 @@ class VAETask(Task):
 
     def train_step(self, x, y):
         c, _ = self.cond.real(y)
-        eps = self.engine.randn(self.model.cfg.latent_dim, device=x.device)  # the global batch's rows
+        eps = self.engine.randn(x.shape[0], self.model.cfg.latent_dim, device=x.device)  # the global batch's rows
         logits, mu, logvar = self.net(x, c, eps=eps)
         bce, kld = elbo_terms(logits, x, mu, logvar)
         loss = bce + self.beta * kld
