@@ -8,9 +8,11 @@
 - throughput: 1 process (all cores) vs 2 (one core each), examples/s per rank and in all,
   and the share of a step spent in the gradient all-reduce: the same DDP steps timed with
   and without gradient synchronisation (`no_sync`), gloo on the CPU (nccl when CUDA is here).
-- faults: a training run killed with SIGKILL at 20 random moments (mid-step, mid-checkpoint,
-  mid-evaluation), resumed each time with --resume, against an uninterrupted run: how many
-  resumes worked, and whether the final weights are bit-identical.
+- faults: a training run killed with SIGKILL 20 times, each at a random moment between 15%
+  and 50% of an uninterrupted run's wall time after its (re)start -- in a step, a
+  checkpoint write or an evaluation, wherever it falls -- and resumed each time with
+  --resume, against an uninterrupted run: how many resumes worked, and whether the final
+  weights are bit-identical.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ bit-exact resume with an adapting KL coefficient; bad input as one line, nothing
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,25 @@ def test_rl_resume_is_bit_exact_with_an_adapting_kl_coefficient(setup, tmp_path,
     assert len(set(coefs)) > 1                               # the controller moved it, and the resume kept it
     if algorithm == "ppo":                                   # (and the value head, in state.pt)
         assert all(r["value_loss"] > 0 for r in log("a") if r["kind"] == "iter")
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "ppo"])
+def test_rl_in_two_processes_trains_and_resumes_bit_exactly(setup, tmp_path, algorithm):
+    """RLHF under torchrun: each process samples its half of the prompts, DDP averages the
+    policy's (and PPO's value head's) gradients; a resume under 2 processes is bit-exact."""
+    sft, rm_path, prompts = setup
+    kw = dict(reward=str(rm_path), algorithm=algorithm, method="lora", lr=5e-3, schedule="constant", kl_target=1.0,
+              eval_interval=3, log_interval=1, max_new_tokens=32, nproc=2, **FT)
+    finetune(str(sft), str(prompts), tmp_path / "a", max_iters=6, **kw)
+    finetune(str(sft), str(prompts), tmp_path / "b", max_iters=3, **kw)
+    finetune(str(sft), str(prompts), tmp_path / "b", resume=True, max_iters=6, nproc=2, progress=False, **quiet)
+    a, b = (load_file(str(tmp_path / r / "last.safetensors")) for r in ("a", "b"))
+    _assert_same_weights(a, b)
+    recs = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if r["kind"] == "iter"]
+    assert [r["iter"] for r in steps] == [1, 2, 3, 4, 5, 6] and all(r["world_size"] == 2 for r in steps)
+    assert all(math.isfinite(r["kl"]) and math.isfinite(r["reward"]) for r in steps)
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["train"]["world_size"] == 2
 
 
 def test_rl_bad_inputs_are_one_line_and_write_nothing(setup, tmp_path, cli_here):

@@ -210,6 +210,23 @@ class Engine:
                       for k, v in st.items()}
         return {**state, "state": out}
 
+    def average(self, *values: float) -> list[float]:
+        """Each value's mean over the ranks, weighted by their shares of the batch (itself in
+        one process): a statistic of the whole global batch."""
+        if self.world_size == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64) * self.share
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def total(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor summed over the ranks (itself in one process)."""
+        if self.world_size == 1:
+            return t
+        t = t.detach().to(torch.float64).clone()
+        dist.all_reduce(t)
+        return t
+
     def any(self, flag: bool) -> bool:
         """Whether any rank says so (every rank gets the same answer)."""
         if self.world_size == 1:

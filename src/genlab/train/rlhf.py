@@ -65,8 +65,9 @@ def token_logprobs(model, seqs, pad_id, engine: Engine = CPU, value_head=None):
     (B, T) from the last hidden state, else None). Position t scores token t + 1."""
     ids, labels, mask = pad_batch([p + r for p, r in seqs], [len(p) for p, _ in seqs], pad_id)
     ids, labels, mask = (engine.batch(t) for t in (ids, labels, mask))
+    hf = getattr(model, "hf", model)  # a CausalLM's Hugging Face model, or one (in DDP) itself
     with engine.autocast():
-        out = model.hf(input_ids=ids, attention_mask=mask, use_cache=False,
+        out = hf(input_ids=ids, attention_mask=mask, use_cache=False,
                        output_hidden_states=value_head is not None)
     logits, labels = out.logits[:, :-1].float(), labels[:, 1:]
     logp = torch.log_softmax(logits, -1)
@@ -130,9 +131,20 @@ class RLOOTask(StepTask):
         self.last: dict = {}
 
     def distribute(self, engine: Engine) -> None:
-        check(not engine.distributed, f"--method rlhf ({self.name}) trains in one process; its rollouts are "
-                                      "not split over ranks yet (drop --nproc / torchrun)")
-        super().distribute(engine)
+        """Under torchrun: the Hugging Face model in DDP (token_logprobs calls it directly)."""
+        self.engine = engine
+        self.net = engine.wrap(self.model.hf, "mean")
+
+    def _prompts(self) -> tuple[list, torch.Generator]:
+        """This step's prompts (this rank's part of the global batch) and the generator that
+        samples their replies: the shared one in one process; under torchrun one per rank,
+        seeded from the shared one (which every rank then keeps in step)."""
+        pick = self.engine.split(torch.randint(0, len(self.train_prompts), (self.batch,), generator=self.gen).tolist())
+        gen = self.gen
+        if self.engine.distributed:
+            seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
+            gen = torch.Generator().manual_seed(seed + self.engine.rank)
+        return [self.train_prompts[i] for i in pick], gen
 
     def _rollout(self, prompts, generator):
         """k sampled replies per prompt, their rewards and the reference's log-probabilities
@@ -149,20 +161,20 @@ class RLOOTask(StepTask):
         return texts, seqs, rewards, ref
 
     def batch_loss(self) -> torch.Tensor:
-        pick = torch.randint(0, len(self.train_prompts), (self.batch,), generator=self.gen).tolist()
-        texts, seqs, rewards, ref = self._rollout([self.train_prompts[i] for i in pick], self.gen)
+        texts, seqs, rewards, ref = self._rollout(*self._prompts())
         ref = torch.stack([x.sum() for x in ref])
         was = self.model.training
         self.model.eval()        # no dropout: the log-probabilities are those of the policy that sampled
-        lp, entropy, n = reply_logprobs(self.model, seqs, self.pad_id, self.engine)
+        lp, entropy, n = reply_logprobs(self.net, seqs, self.pad_id, self.engine)
         self.model.train(was)
         kl = lp.detach().cpu() - ref
         returns = rewards - self.kl.coef * kl - self.length_penalty * n.cpu().float()
         adv = rloo_advantages(returns.view(-1, self.k)).flatten().to(lp.device)
         loss = -(adv * lp).mean()
-        self.last = {"reward": float(rewards.mean()), "kl": float(kl.mean()), "entropy": float(entropy),
-                     "reply_tokens": float(n.float().mean()), "kl_coef": self.kl.coef}
-        self.kl.update(float(kl.mean()), len(texts))
+        reward, kl_mean, ent, tokens = self.engine.average(float(rewards.mean()), float(kl.mean()), float(entropy),
+                                                           float(n.float().mean()))
+        self.last = {"reward": reward, "kl": kl_mean, "entropy": ent, "reply_tokens": tokens, "kl_coef": self.kl.coef}
+        self.kl.update(kl_mean, len(texts) * self.engine.world_size)
         return loss
 
     def train_step(self) -> float:
@@ -216,13 +228,19 @@ class PPOTask(RLOOTask):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self.optimizer.add_param_group({"params": list(self.value_head.parameters()), "weight_decay": 0.0})
+        self.value_net = self.value_head
 
-    def _scored(self, seqs):
+    def distribute(self, engine: Engine) -> None:
+        super().distribute(engine)
+        self.value_net = engine.wrap(self.value_head, "mean")
+
+    def _scored(self, seqs, train: bool = False):
+        if train:  # the wrapped modules (under torchrun their gradients are averaged)
+            return token_logprobs(self.net, seqs, self.pad_id, self.engine, self.value_net)
         return token_logprobs(self.model, seqs, self.pad_id, self.engine, self.value_head)
 
     def train_step(self) -> float:
-        pick = torch.randint(0, len(self.train_prompts), (self.batch,), generator=self.gen).tolist()
-        texts, seqs, rewards, ref = self._rollout([self.train_prompts[i] for i in pick], self.gen)
+        texts, seqs, rewards, ref = self._rollout(*self._prompts())
         was = self.model.training
         self.model.eval()        # no dropout: every pass scores the policy that sampled
         try:
@@ -240,14 +258,20 @@ class PPOTask(RLOOTask):
             r[ended, last[ended]] += total[ended]
             adv, ret = gae(r, old_v, keep, self.gamma, self.lam)
             a = adv[keep]
-            if a.numel() > 1:
+            if self.engine.distributed:  # normalised over the global batch
+                s, s2, m = self.engine.total(torch.stack([a.sum(), (a * a).sum(), torch.tensor(float(a.numel()))]))
+                if m > 1:
+                    mean = s / m
+                    std = ((s2 - m * mean * mean) / (m - 1)).clamp(min=0).sqrt()
+                    adv = (adv - mean.to(adv.dtype)) / (std.to(adv.dtype) + 1e-8) * keep
+            elif a.numel() > 1:
                 adv = (adv - a.mean()) / (a.std() + 1e-8) * keep
             params = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
             denom = keep.sum().clamp(min=1)
             clipped = vloss = 0.0
             for _ in range(self.ppo_epochs):
                 with self.engine.autocast():
-                    lp, _, _, v = self._scored(seqs)
+                    lp, _, _, v = self._scored(seqs, train=True)
                 ratio = torch.exp(lp - old_lp) * keep
                 pg = -torch.min(ratio * adv, ratio.clamp(1 - self.clip, 1 + self.clip) * adv)
                 v_clip = old_v + (v - old_v).clamp(-self.clip, self.clip)
@@ -263,10 +287,11 @@ class PPOTask(RLOOTask):
         finally:
             self.model.train(was)
         kl = kl_tok.sum(-1).cpu()
-        self.last = {"reward": float(rewards.mean()), "kl": float(kl.mean()), "entropy": float(entropy),
-                     "reply_tokens": float(n.float().mean()), "kl_coef": self.kl.coef,
-                     "value_loss": vloss, "clip_fraction": clipped}
-        self.kl.update(float(kl.mean()), len(texts))
+        reward, kl_mean, ent, tokens, vloss, clipped = self.engine.average(
+            float(rewards.mean()), float(kl.mean()), float(entropy), float(n.float().mean()), vloss, clipped)
+        self.last = {"reward": reward, "kl": kl_mean, "entropy": ent, "reply_tokens": tokens,
+                     "kl_coef": self.kl.coef, "value_loss": vloss, "clip_fraction": clipped}
+        self.kl.update(kl_mean, len(texts) * self.engine.world_size)
         return -(self.last["reward"] - self.last["kl_coef"] * self.last["kl"])
 
     def state_dict(self) -> dict:
