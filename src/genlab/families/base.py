@@ -132,7 +132,7 @@ class Family:
         validate_all(self.all_options(), given)
         resolve_device(given.get("device"))  # a device this machine lacks stops us before anything is written
         opts = pop_launch(given)
-        check_launch(opts)
+        check_launch({**opts, "out": out})
         if (opts["nproc"] or 1) * (opts["nnodes"] or 1) > 1:
             self.check_split(given, opts["nproc"] * (opts["nnodes"] or 1))
             return launch(self, out, given, opts, log)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -71,6 +72,8 @@ def check_launch(opts: dict) -> None:
         for name in ("max_restarts", "nnodes", "rdzv_endpoint"):
             if opts.get(name):
                 raise GenlabError(f"--{name.replace('_', '-')} needs --nproc N (or torchrun's own flags)")
+    if opts.get("max_restarts") and opts.get("out") is None:
+        raise GenlabError("--max-restarts needs --out RUN: a restarted process resumes that run")
     if nodes > 1 and not opts.get("rdzv_endpoint"):
         raise GenlabError(f"--nnodes {nodes} needs --rdzv-endpoint HOST:PORT (where the machines meet)")
     if opts.get("rdzv_endpoint"):
@@ -127,13 +130,18 @@ def launch(family, out, given: dict, opts: dict, log):
                f"--max-restarts={max_restarts}", "--no-python", sys.executable, "-c", _RANK, job]
         log(f"launching {nproc} processes" + (f" on each of {nodes} machines (rendezvous {endpoint})" if nodes > 1 else "")
             + f" (torchrun, DDP; OMP_NUM_THREADS={env['OMP_NUM_THREADS']})")
-        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
+        # its own session: a Ctrl-C reaches the ranks once, through torchrun (below), so each
+        # stops at a step boundary and rank 0 saves, as in one process
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
         seen: list = []
         relay = threading.Thread(target=_relay, args=(proc.stderr, seen), daemon=True)
         relay.start()
+        interrupted = False
         try:
             code = proc.wait()
-        except KeyboardInterrupt:  # torchrun passed the Ctrl-C on; the ranks save and stop
+        except KeyboardInterrupt:
+            interrupted = True
+            proc.send_signal(signal.SIGINT)  # torchrun passes it on; the ranks save and stop
             code = proc.wait()
         relay.join(timeout=5)
         try:
@@ -141,6 +149,8 @@ def launch(family, out, given: dict, opts: dict, log):
                 outcome = json.load(f)
         except (OSError, ValueError):
             outcome = {}
+    if interrupted:
+        raise KeyboardInterrupt
     if outcome.get("error"):
         raise GenlabError(outcome["error"])
     if code != 0 and any("RendezvousTimeoutError" in line for line in seen):
