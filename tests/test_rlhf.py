@@ -183,7 +183,7 @@ def test_rl_resume_is_bit_exact_with_an_adapting_kl_coefficient(setup, tmp_path,
         assert all(r["value_loss"] > 0 for r in log("a") if r["kind"] == "iter")
 
 
-@pytest.mark.parametrize("algorithm", ["rloo", "ppo"])
+@pytest.mark.parametrize("algorithm", ["rloo", pytest.param("ppo", marks=pytest.mark.slow)])
 def test_rl_in_two_processes_trains_and_resumes_bit_exactly(setup, tmp_path, algorithm):
     """RLHF under torchrun: each process samples its half of the prompts, DDP averages the
     policy's (and PPO's value head's) gradients; a resume under 2 processes is bit-exact."""
