@@ -67,8 +67,11 @@ def _errno_of(path) -> int:
         return errno.EIO
 
 
-def _why(path, e: Exception) -> str:
-    return "No space left on device" if _errno_of(path) == errno.ENOSPC else f"write failed: {str(e).splitlines()[0][:120]}"
+def _write_error(path, e: Exception) -> OSError:
+    """A library's failed write (torch's or safetensors' own error) as the OSError it was."""
+    code = _errno_of(path)
+    why = "No space left on device" if code == errno.ENOSPC else f"write failed: {str(e).splitlines()[0][:120]}"
+    return OSError(code, why)
 
 
 class RunDir:
@@ -154,7 +157,7 @@ class RunDir:
             try:
                 save_file(tensors, str(tmp), metadata=meta)
             except (SafetensorError, RuntimeError) as e:  # a failed write (a full disk)
-                raise OSError(_errno_of(tmp), _why(tmp, e)) from None
+                raise _write_error(tmp, e) from None
 
     def load_weights(self, module: torch.nn.Module, name: str = WEIGHTS) -> None:
         """Load weights into `module`, checking every name and shape against it."""
@@ -186,7 +189,7 @@ class RunDir:
             try:
                 torch.save({**state, "format": STATE_FORMAT}, tmp)
             except RuntimeError as e:  # torch's writer reports a failed write (a full disk) so
-                raise OSError(_errno_of(tmp), _why(tmp, e)) from None
+                raise _write_error(tmp, e) from None
 
     def load_state(self) -> dict | None:
         p = self.path / STATE

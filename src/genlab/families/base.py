@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..runs import RunDir
-from ..train.engine import DEVICE
+from ..train.engine import DEVICE, check_split
 from ..util import dist as procs
 from ..util.device import resolve_device
 from ..util.errors import GenlabError, check
@@ -134,7 +134,9 @@ class Family:
         opts = pop_launch(given)
         check_launch({**opts, "out": out})
         if (opts["nproc"] or 1) * (opts["nnodes"] or 1) > 1:
-            self.check_split(given, opts["nproc"] * (opts["nnodes"] or 1))
+            bs = given.get("batch_size", next((o.default for o in self.all_options() if o.name == "batch_size"), None))
+            if bs is not None:  # before launching
+                check_split(bs, opts["nproc"] * (opts["nnodes"] or 1))
             return launch(self, out, given, opts, log)
         if not procs.writer():  # under torchrun rank 0 speaks for every rank
             log, given["progress"] = (lambda *a, **k: None), False
@@ -150,14 +152,6 @@ class Family:
         check(not missing, f"{self.title}: {', '.join(missing)} must be given")
         defaults = {o.name: o.default for o in self.all_options() if o.default is not None}
         return self.fresh(out, {**defaults, **{k: v for k, v in given.items() if v is not None}}, log)
-
-    def check_split(self, given: dict, nproc: int) -> None:
-        """Before launching: every process needs at least one example of each batch."""
-        bs = given.get("batch_size")
-        if bs is None:
-            bs = next((o.default for o in self.all_options() if o.name == "batch_size"), None)
-        check(bs is None or bs >= nproc, f"--batch-size {bs} cannot be split over {nproc} processes "
-                                         f"(each needs at least one example: give at least {nproc}, or fewer processes)")
 
     def check_known(self, given: dict) -> None:
         """One error for options this family does not take, naming the families that do."""

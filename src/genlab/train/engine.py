@@ -155,13 +155,19 @@ class Engine:
         lo, hi, _ = self.part
         return t[lo:hi]
 
-    def randn(self, n: int, *shape, device=None, dtype=None) -> torch.Tensor:
-        """Standard normal noise for n examples; for this rank's part of the global batch,
-        its rows of the whole batch's draw (so the ranks together draw what one process would)."""
+    def per_example(self, draw, n: int):
+        """`draw(k)` makes something random for k examples (a tensor, None, or a tuple of
+        them). For this rank's part of the global batch: its rows of the whole batch's draw,
+        so the ranks together draw what one process would; for any other n, draw(n)."""
         lo, hi, total = self.part
         if self.world_size == 1 or n != hi - lo:
-            return torch.randn(n, *shape, device=device, dtype=dtype)
-        return torch.randn(total, *shape, device=device, dtype=dtype)[lo:hi]
+            return draw(n)
+        out = draw(total)
+        return tuple(self.rows(o) for o in out) if isinstance(out, tuple) else self.rows(out)
+
+    def randn(self, n: int, *shape, device=None, dtype=None) -> torch.Tensor:
+        """Standard normal noise for n examples (`per_example`)."""
+        return self.per_example(lambda k: torch.randn(k, *shape, device=device, dtype=dtype), n)
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
         """A batch on the engine's device."""
@@ -255,6 +261,13 @@ class Engine:
     def close(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def check_split(batch_size: int, processes: int) -> None:
+    """Every process needs at least one example of each global batch."""
+    if batch_size < processes:
+        raise GenlabError(f"--batch-size {batch_size} cannot be split over {processes} processes (each needs at "
+                          f"least one example: give at least {processes}, or fewer processes)")
 
 
 def full_tensor(t):

@@ -92,10 +92,7 @@ class GANTask(Task):
 
     def _draw(self, b, dev):
         """Conditions for this rank's b generated images: its rows of the global batch's."""
-        if b != self.engine.part[1] - self.engine.part[0] or not self.engine.distributed:
-            return self.cond.draw(b, dev)
-        y, key = self.cond.draw(self.engine.global_rows, dev)
-        return self.engine.rows(y), self.engine.rows(key)
+        return self.engine.per_example(lambda k: self.cond.draw(k, dev), b)
 
     # -- state (resume) -------------------------------------------------------------------
     def state_dict(self):

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..plots import save_grid
 from ..runs import RunDir
 from ..util.errors import GenlabError
-from .engine import CPU, Engine
+from .engine import CPU, Engine, check_split
 
 
 @dataclass
@@ -168,13 +168,6 @@ def _agree(engine: Engine, loss: float, intr: _Interrupt, time_budget, clock: _C
     return total, _REASONS[code]
 
 
-def check_world(engine: Engine, batch_size: int, what: str = "--batch-size") -> None:
-    """Every rank needs at least one example of each global batch."""
-    if batch_size < engine.world_size:
-        raise GenlabError(f"{what} {batch_size} cannot be split over {engine.world_size} processes "
-                          f"(each needs at least one example: give at least {engine.world_size}, or fewer processes)")
-
-
 def _check_finite(loss: float, where: str, run: RunDir, kept: str) -> None:
     if not math.isfinite(loss):
         raise GenlabError(f"training diverged: loss became {loss} at {where}; the {kept} checkpoint "
@@ -200,7 +193,7 @@ def fit(run: RunDir, task: Task, train_x: torch.Tensor, train_y: torch.Tensor | 
     if n == 0:
         raise GenlabError("the training split is empty")
     bs = cfg.batch_size  # the global batch (engine.py: its split over the ranks)
-    check_world(engine, bs)
+    check_split(bs, engine.world_size)
     steps_per_epoch = math.ceil(n / bs)
     if n % bs and engine.usable(n % bs) == 0:
         steps_per_epoch -= 1  # the last partial batch has fewer examples than ranks
