@@ -58,12 +58,17 @@ def test_two_vae_processes_match_one_and_resume_under_another_count(cli, mnist_2
     rec = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len(rec) == 1 and rec[0]["world_size"] == 2 and rec[0]["examples_per_s"] > 0
     # the 2-process run continues in 1 process: the weights of 1 process throughout, up to the
-    # float rounding Adam carries on (far below what the epoch itself changed)
+    # float rounding Adam carries on -- far below what the epoch itself changed, in every
+    # tensor. (Adam amplifies rounding where a gradient is near zero: the input weight of a
+    # pixel lit in almost no image moved 1.1e-4 here while the 313,599 others of its tensor
+    # stayed within 1e-6, so the bound is on each tensor's whole change, with a cap.)
     shutil.copytree(tmp_path / "one", tmp_path / "epoch1")
     for run in ("one", "two"):
         genlab.train("vae", out=tmp_path / run, resume=True, epochs=2, **quiet)
-    d = _max_diff(tmp_path / "one", tmp_path / "two")
-    assert d < 1e-4 and d < _max_diff(tmp_path / "one", tmp_path / "epoch1") / 100
+    assert _max_diff(tmp_path / "one", tmp_path / "two") < 1e-3
+    wa, wb, we = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("one", "two", "epoch1"))
+    for k in wa:
+        assert (wa[k] - wb[k]).norm() < 1e-3 * (wa[k] - we[k]).norm(), k
     assert json.loads((tmp_path / "two" / "config.json").read_text())["train"]["world_size"] == 1
 
 
