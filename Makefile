@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.genlab-installed
 
-.PHONY: demo test test-slow bench bench-gan bench-lm bench-finetune bench-compress bench-stylegan bench-text2image bench-guard bench-decode bench-scale venv clean
+.PHONY: demo test test-slow browser bench bench-serve bench-gan bench-lm bench-finetune bench-compress bench-stylegan bench-text2image bench-guard bench-decode bench-scale venv clean
 
 venv: $(STAMP)
 
@@ -60,7 +60,20 @@ demo: $(STAMP)
 	@echo "  .venv/bin/genlab chat smollm2 --system \"You are a helpful tutor.\""
 	@echo "  .venv/bin/genlab finetune smollm2 --data shakespeare --method lora --time-budget 300 --out runs/ft"
 
-test: $(STAMP)
+# The browser tests drive Debian's chromium (Playwright never downloads a browser here):
+# installed when it is missing and this user may (root, or sudo without a password);
+# otherwise they skip with a one-line reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests ..."; \
+	    $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	      echo "could not install chromium: the browser tests will skip"; \
+	  else echo "no chromium and no way to install it: the browser tests will skip"; fi; }
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
@@ -94,6 +107,9 @@ bench-guard: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(PY) benchmarks/scale.py
+
+bench-serve: $(STAMP)
+	$(PY) benchmarks/serve.py
 
 # llama.cpp, the reference a user would pick instead, in its own environment (never a
 # dependency of genlab): llama-cpp-python builds from source (about 5 minutes). Built for

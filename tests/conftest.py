@@ -16,8 +16,10 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 import genlab
@@ -230,3 +232,42 @@ def pytest_terminal_summary(terminalreporter):
     state = "empty at the start" if not _CACHE_AT_START else f"held {len(_CACHE_AT_START)} entries at the start"
     terminalreporter.write_line(f"genlab data cache {sources.data_root()}: {state}; built in this run: "
                                 + (", ".join(f"{k} ({now[k] / 2**20:.1f} MiB)" for k in built) or "nothing"))
+
+
+# -- a --runs folder for genlab serve ------------------------------------------------------
+
+SERVE_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+SG_TINY = dict(width=32, z_dim=32, w_dim=32, mapping_layers=2, batch_size=32, augment=False)
+
+
+@pytest.fixture(scope="session")
+def serve_runs(tmp_path_factory, trained_run, mnist) -> Path:
+    """A --runs folder: vae (the 2-epoch lecture VAE), sg (a class-conditional style-based
+    generator, 2 epochs on 320 digits), tvae (a text-conditioned VAE on 160 captioned
+    digits), lm (a character-level GPT, 300 steps on Shakespeare, with genlab's chat template),
+    and escape, a symlink to a run outside the folder (about 25 s). For genlab serve's tests."""
+    base = tmp_path_factory.mktemp("serve")
+    root = base / "runs"
+    root.mkdir()
+    shutil.copytree(trained_run, root / "vae")
+    quiet = dict(progress=False, log=lambda *a: None)
+    few = base / "few.npz"
+    np.savez(few, x=mnist.train_x[:320, 0].numpy(), y=mnist.train_y[:320].numpy())
+    genlab.train("stylegan", dataset=f"npy:{few}", epochs=2, seed=0, out=root / "sg", **SG_TINY, **quiet)
+    folder = base / "captioned"
+    folder.mkdir()
+    lines = []
+    for i in range(160):
+        Image.fromarray(mnist.train_x[i, 0].numpy()).save(folder / f"d{i:03d}.png")
+        k = int(mnist.train_y[i])
+        lines += [f"d{i:03d}.png\ta handwritten {SERVE_WORDS[k]}", f"d{i:03d}.png\tthe digit {k}"]
+    (folder / "captions.txt").write_text("\n".join(lines) + "\n")
+    genlab.train("vae", dataset=f"folder:{folder}", condition="text", text_encoder="learned", epochs=1,
+                 out=root / "tvae", **quiet)
+    genlab.train("lm", corpus="shakespeare", out=root / "lm", max_iters=300, recipe="nanogpt", n_layer=2, n_head=2,
+                 n_embd=64, block_size=128, batch_size=16, lr=5e-3, warmup_iters=20, eval_interval=100,
+                 log_interval=25, **quiet)
+    (base / "outside").mkdir()
+    shutil.copytree(trained_run, base / "outside" / "elsewhere")
+    os.symlink(base / "outside" / "elsewhere", root / "escape")   # a link out of the folder
+    return root

@@ -15,6 +15,7 @@ family's logic: each call goes to the family registry (families/), the compresso
 """
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from . import families as _families
 from .compress import compress
 from .data import fetch as _fetch, list_datasets, load_images
 from .data.text import CORPORA, corpus_path, list_corpora, load_corpus
+from .families import describe as _describe, describe_model as _describe_model, list_runs as _list_runs
 from .families.base import Family
 from .families.finetune import merge as _merge
 from .families.images import (
@@ -34,17 +36,21 @@ from .families.images import (
     TRUNC,
     ImageRun,
     N,
+    parse_seeds,
     save_images,
 )
 from .families.lm import LMRun
 from .guard import attacks as _attacks, gcg as _gcg, report as _greport
 from .guard.attacks import ATTACKS as GUARD_ATTACKS
-from .guard.levels import LEVELS as GUARD_LEVELS, GuardedModel, check_level, check_secret, read_history
+from .guard.levels import LEVELS as GUARD_LEVELS, Game, GuardedModel, check_level, check_secret, read_history
+from .llm.data import record_ranking
 from .llm.generate import GENERATION_OPTIONS, NUM_SAMPLES, stats_line
 from .llm.hf import classify, list_models
 from .metrics.classifier import get_classifier
 from .metrics.inception import load_inception
 from .metrics.quality import image_metrics, train_features
+from .plots import npy_bytes, png_bytes
+from .runs import RunDir
 from .train.engine import DEVICE
 from .util.errors import GenlabError, check
 
@@ -56,7 +62,9 @@ __all__ = ["CORPORA", "DEVICE", "GENERATION_OPTIONS", "NUM_SAMPLES", "stats_line
            "read_history", "read_suffix", "IMAGE_OPTIONS", "IW_SAMPLES", "N", "N_SAMPLES", "PAIRS",
            "PER_PROMPT",
            "STEPS", "TRUNC", "GenlabError", "LMRun", "Run", "compress", "corpora", "data_info", "dataset_classifier",
-           "datasets", "export", "families", "fetch", "finetune", "image_metrics", "load", "load_corpus",
+           "datasets", "describe", "describe_model", "export", "families", "fetch", "guard_game", "image_bytes", "list_runs",
+           "parse_seeds", "read_metrics", "read_report", "record_ranking_choice", "finetune", "image_metrics",
+           "load", "load_corpus",
            "load_images", "load_inception", "load_model", "merge", "models", "open_any", "save_images",
            "train", "train_features"]
 
@@ -106,6 +114,53 @@ STYLE_BASED = "style-based generators (genlab train stylegan)"
 VERBS = {"sample": ("samples", "image models"), "reconstruct": ("reconstructions", "image models"),
          "interpolate": ("interpolation", "image models"), "style-mix": ("style_mix", STYLE_BASED),
          "noise": ("noise", STYLE_BASED), "truncation": ("truncation", STYLE_BASED)}
+
+
+def describe(path) -> dict:
+    """What the run at `path` is and what it can do, from its files alone (no weights
+    loaded): {"family", "kind", "verbs": [...], ...}."""
+    return _describe(path)
+
+
+def describe_model(name: str) -> dict:
+    """describe() for a built-in foundation model."""
+    return _describe_model(name)
+
+
+def list_runs(folder) -> list[dict]:
+    """describe() of every run directly inside `folder` (with "name": its folder's name),
+    then the installed built-in foundation models (family "foundation")."""
+    return _list_runs(folder)
+
+
+def read_metrics(path) -> list[dict]:
+    """The records of a run's metrics.jsonl (a run still training included), oldest first."""
+    return RunDir(path).read_metrics()
+
+
+def read_report(path) -> dict:
+    """The report.json that genlab compress wrote into a compressed run."""
+    p = Path(path) / "report.json"
+    check(p.is_file(), f"{Path(path).name}: no compression report (genlab compress writes one)")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise GenlabError(f"{p.name}: not a JSON report ({e})") from None
+
+
+def image_bytes(images, format: str = "png", per_row: int | None = None, scale: int = 2, pad: int = 2) -> bytes:
+    """Images (N, C, H, W) in [0, 1] as the bytes of a PNG grid (`pad` pixels between them,
+    enlarged `scale` times) or of a float32 .npy array (N, H, W) / (N, H, W, C) -- what
+    genlab sample writes, without a file."""
+    check(format in ("png", "npy"), f"unknown image format '{format}' (png or npy)")
+    return png_bytes(images, per_row, scale=scale, pad=pad) if format == "png" else npy_bytes(images)
+
+
+def record_ranking_choice(path, prompt: str, first: str, second: str, choice: str, **extra) -> dict:
+    """Append a person's ranking of two replies to the preferences JSONL `path` (the
+    {prompt, chosen, rejected} form genlab reward train and genlab finetune read); ties go
+    to PATH.ties.jsonl. Returns {"pairs": ..., "ties": ...}."""
+    return record_ranking(path, prompt, first, second, choice, **extra)
 
 
 def load_model(spec: str, log=print, device: str | None = "cpu"):
@@ -208,19 +263,25 @@ def dataset_classifier(dataset: str, image_size: int | None = None, channels: in
 
 # -- guardrails: the secret-keeping game and the attacks on it (genlab.guard) -------------------
 
-def guard(model: str, level: int = 1, secret: str | None = None, judge: str | None = None, seed: int | None = None,
+def guard(model, level: int = 1, secret: str | None = None, judge: str | None = None, seed: int | None = None,
           max_new_tokens: int = 64, log=print, device: str | None = "cpu") -> GuardedModel:
-    """A chat model playing the secret-keeping game at `level` (0-8, GUARD_LEVELS): its
+    """A chat model (a spec, or a model already loaded) playing the secret-keeping game at `level` (0-8, GUARD_LEVELS): its
     hidden system prompt holds `secret` (default: a random word of the shipped list), and
     `.ask(prompt, history)` plays one turn through the level's guards."""
     check_level(level)
     if secret is not None:
         check_secret(secret)
-    m = load_model(model, log=log, device=device)
+    m = load_model(model, log=log, device=device) if isinstance(model, str) else model
     if secret is None:
         secret = _attacks.secrets_for(1, seed if seed is not None else random.SystemRandom().randrange(2**32))[0]
-    j = load_model(judge, log=log, device=device) if judge else None
+    j = (load_model(judge, log=log, device=device) if isinstance(judge, str) else judge) if judge else None
     return GuardedModel(m, level, secret, judge=j, max_new_tokens=max_new_tokens, log=log)
+
+
+def guard_game(guarded: GuardedModel) -> Game:
+    """A round of the game against `guarded` (a guard() result): .turn(prompt) asks,
+    .guess(word) ends it; the conversation is kept in .history."""
+    return Game(guarded)
 
 
 def guard_attack(model: str, out, levels="all", attacks="all", secrets: int = 10, seed: int = 0,
@@ -266,7 +327,6 @@ def guard_gcg(model: str, out, level: int = 1, time_budget: float | None = 600, 
 def read_suffix(path) -> dict:
     """The adversarial suffix a `genlab guard gcg` run saved (its folder or suffix.json):
     {"suffix": text, "secrets": the secrets it was optimised on, ...}."""
-    import json
     p = Path(path)
     if p.is_dir():
         p = p / "suffix.json"

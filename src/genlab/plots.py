@@ -1,6 +1,7 @@
 """Pictures: image grids (PNG) and loss plots. Knows nothing of models or runs."""
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from .util.dist import writer
-from .util.io import atomic_path
+from .util.io import atomic_path, write_bytes_atomic
 
 
 def grid_array(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -28,26 +29,37 @@ def grid_array(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> n
     return arr[0] if c == 1 else arr.transpose(1, 2, 0)
 
 
-def save_grid(images: torch.Tensor, path, nrow: int | None = None, scale: int = 2, pad: int = 2) -> Path:
-    """Write a PNG grid atomically; `scale` enlarges small images for viewing."""
+def png_bytes(images: torch.Tensor, nrow: int | None = None, scale: int = 2, pad: int = 2) -> bytes:
+    """A PNG grid as bytes; `scale` enlarges small images for viewing."""
     arr = grid_array(images, nrow, pad=pad)
     im = Image.fromarray(arr)
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def npy_bytes(images: torch.Tensor) -> bytes:
+    """(N, C, H, W) in [0, 1] -> a float32 .npy file's bytes, shape (N, H, W) or (N, H, W, C)."""
+    x = images.detach().float().clamp(0, 1).cpu()
+    arr = x[:, 0].numpy() if x.shape[1] == 1 else x.permute(0, 2, 3, 1).numpy()
+    buf = io.BytesIO()
+    np.save(buf, arr.astype(np.float32))
+    return buf.getvalue()
+
+
+def save_grid(images: torch.Tensor, path, nrow: int | None = None, scale: int = 2, pad: int = 2) -> Path:
+    """Write a PNG grid atomically; `scale` enlarges small images for viewing."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG")
+    write_bytes_atomic(path, png_bytes(images, nrow, scale=scale, pad=pad))
     return path
 
 
 def save_array(images: torch.Tensor, path) -> Path:
     """(N, C, H, W) in [0, 1] -> float32 .npy of shape (N, H, W) or (N, H, W, C)."""
-    x = images.detach().float().clamp(0, 1).cpu()
-    arr = x[:, 0].numpy() if x.shape[1] == 1 else x.permute(0, 2, 3, 1).numpy()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, arr.astype(np.float32))
+    write_bytes_atomic(path, npy_bytes(images))
     return path
 
 

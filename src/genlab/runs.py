@@ -8,6 +8,7 @@ A run directory holds everything about one training run:
     metrics.jsonl       one JSON object per logged epoch / step / evaluation
     samples/            PNG grids per epoch
     loss.png            the loss plot
+    human_eval.jsonl    people's real-or-fake judgements of its samples (genlab serve's page)
 
 All writes are atomic and durable (util/io.py: a temporary file in the same directory,
 fsynced, then a rename, then the directory fsynced), so an interrupted write never leaves
@@ -35,6 +36,7 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 METRICS = "metrics.jsonl"
+HUMAN_EVAL = "human_eval.jsonl"   # people's real-or-fake judgements of samples (genlab serve)
 SAMPLES = "samples"
 STATE_FORMAT = 2   # 2: the checkpoint's weights live in state.pt too (1: beside it only)
 
@@ -211,19 +213,29 @@ class RunDir:
     # -- metrics -----------------------------------------------------------------------
     def append_metrics(self, record: dict) -> None:
         """Append one JSON line (appends are line-atomic for our small records)."""
+        self.append_record(METRICS, record)
+
+    def read_metrics(self) -> list[dict]:
+        return self.read_records(METRICS)
+
+    def append_record(self, name: str, record: dict, durable: bool = False) -> None:
+        """Append one JSON line to the run's JSONL file `name` (metrics.jsonl, human_eval.jsonl);
+        `durable`: fsynced before returning (a record a person made, not one a rerun remakes)."""
         if not writer():
             return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            with open(self.path / METRICS, "a") as f:
+            with open(self.path / name, "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
                 f.flush()
+                if durable:
+                    os.fsync(f.fileno())
         except OSError as e:
-            raise GenlabError(f"{self.path / METRICS}: cannot write it ({e.strerror or e}); "
-                              "the last checkpoint is unchanged") from None
+            kept = "the last checkpoint is unchanged" if name == METRICS else "the records before it are kept"
+            raise GenlabError(f"{self.path / name}: cannot write it ({e.strerror or e}); {kept}") from None
 
-    def read_metrics(self) -> list[dict]:
-        p = self.path / METRICS
+    def read_records(self, name: str) -> list[dict]:
+        p = self.path / name
         if not p.is_file():
             return []
         out = []

@@ -12,12 +12,12 @@ import sys
 
 from ..util.errors import GenlabError
 from ..util.version import __version__
-from . import compress, data, evaluate, guard, images, llm, text, train
+from . import compress, data, evaluate, guard, images, llm, serve, text, train
 from .options import Parser, sub
 
 # the sub-commands, in the order `genlab --help` lists them
 VERBS = (data.register, train.register, images.register, evaluate.register, text.register, llm.register,
-         compress.register, llm.register_reward, guard.register)
+         compress.register, llm.register_reward, guard.register, serve.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  genlab eval runs/vae --iw-samples 100\n"
                "  genlab train lm --corpus shakespeare --out runs/lm\n"
                "  genlab generate runs/lm --prompt \"ROMEO:\" --max-new-tokens 500\n"
-               "  genlab guard play --level 3\n")
+               "  genlab guard play --level 3\n"
+               "  genlab serve                      # the playground on http://127.0.0.1:8000/\n")
     p.add_argument("--version", action="version", version=f"genlab {__version__}")
     commands = sub(p, "cmd", "COMMAND")
     for register in VERBS:

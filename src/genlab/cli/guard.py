@@ -131,11 +131,10 @@ def _ask(a) -> int:
 
 
 def _play(a) -> int:
-    g = _guarded(a, a.secret)
+    game = api.guard_game(_guarded(a, a.secret))
     interactive = sys.stdin.isatty()
-    history: list = []
     if interactive:
-        print(f"level {g.level}: {api.GUARD_LEVELS[g.level]}.\nAsk anything; /guess WORD when you know the "
+        print(f"level {game.level}: {api.GUARD_LEVELS[game.level]}.\nAsk anything; /guess WORD when you know the "
               "password; /new for a new secret; /quit ends.")
     while True:
         try:
@@ -147,25 +146,19 @@ def _play(a) -> int:
         if line in ("/quit", "/exit"):
             break
         if line == "/new":
-            g = _guarded(a, None)
-            history = []
+            game = api.guard_game(_guarded(a, None))
             print("a new secret: ask away")
             continue
-        if line.startswith("/guess"):
-            guess = line[len("/guess"):].strip().lower()
-            if not guess:
-                print("genlab: error: /guess needs a word", file=sys.stderr)
-                continue
-            won = guess == g.secret
-            print(f"{'Right' if won else 'Wrong'}: the password was {g.secret}. "
-                  f"({len(history) // 2} turn{'s' if len(history) != 2 else ''})")
-            return 0 if won else 1
         try:
-            t = g.ask(line, history)
+            if line.startswith("/guess"):
+                won = game.guess(line[len("/guess"):])
+                print(f"{'Right' if won else 'Wrong'}: the password was {game.guarded.secret}. "
+                      f"({game.turns} turn{'s' if game.turns != 1 else ''})")
+                return 0 if won else 1
+            t = game.turn(line)
         except GenlabError as e:
             print(f"genlab: error: {e}", file=sys.stderr)
             continue
-        history += [{"role": "user", "content": line}, {"role": "assistant", "content": t.reply}]
         print(("model> " if interactive else "") + t.reply + (f"   [{t.blocked_by}]" if t.refused and interactive else ""))
     return 0
 

@@ -18,9 +18,10 @@ from ..metrics.classifier import get_classifier
 from ..metrics.inception import load_inception
 from ..metrics.prompts import prompt_metrics
 from ..metrics.quality import image_metrics, inception_fid
+from ..metrics.stats import wilson
 from ..models.int8 import quantize_int8
 from ..plots import save_array, save_grid, save_loss_plot
-from ..runs import RunDir, default_run_dir
+from ..runs import HUMAN_EVAL, RunDir, default_run_dir
 from ..train.condition import KINDS, make_conditioner, text_spec
 from ..train.engine import Engine
 from ..train.loop import LoopConfig, fit
@@ -629,6 +630,42 @@ class ImageRun:
         res.update(prompt_metrics(images, infos, clf, data, dataset))
         self.dir.append_metrics(res)
         return res
+
+    # -- people's judgements: "Real or fake?" (the lecture's slides; HYPE's human fooling rate) ----
+    def real_images(self, n: int = 1, seed: int | None = None) -> torch.Tensor:
+        """n held-out (test) images of the run's dataset, (N, C, H, W) in [0, 1], as the
+        model's samples come: what a person compares its samples with."""
+        N.validate(n)
+        data = self._data()
+        x, _ = data.split("test")
+        check(len(x) > 0, f"{data.name} has no held-out images to show beside the samples")
+        g = torch.Generator().manual_seed(seed if seed is not None else int(time.time_ns() % 2**31))
+        return data.to_float(x[torch.randint(0, len(x), (n,), generator=g)])
+
+    def record_judgement(self, shown: str, judged: str, who: str = "") -> dict:
+        """Store one person's guess (`judged`, "real" or "fake") about an image that was
+        `shown` ("real": a held-out image, "fake": a sample) in human_eval.jsonl beside
+        the run's metrics; returns the updated tally (human_eval)."""
+        for name, v in (("shown", shown), ("judged", judged)):
+            check(v in ("real", "fake"), f"{name} must be 'real' or 'fake', not {v!r}")
+        self.dir.append_record(HUMAN_EVAL, {"kind": "real_or_fake", "shown": shown, "judged": judged,
+                                            "who": who, "time": round(time.time(), 3)}, durable=True)
+        return self.human_eval()
+
+    def human_eval(self) -> dict:
+        """The tally of people's real-or-fake guesses: the human fooling rate (the share of
+        samples taken for real, with its 95% Wilson interval), the share of real images
+        taken for real, and how often people were right."""
+        recs = [r for r in self.dir.read_records(HUMAN_EVAL) if r.get("kind") == "real_or_fake"]
+        fake = [r for r in recs if r.get("shown") == "fake"]
+        real = [r for r in recs if r.get("shown") == "real"]
+        fooled = sum(r.get("judged") == "real" for r in fake)
+        real_ok = sum(r.get("judged") == "real" for r in real)
+        lo, hi = wilson(fooled, len(fake))
+        return {"judgements": len(recs), "samples_shown": len(fake), "samples_taken_for_real": fooled,
+                "fooling_rate": fooled / len(fake) if fake else None, "fooling_rate_ci95": [lo, hi] if fake else None,
+                "real_shown": len(real), "real_taken_for_real": real_ok,
+                "accuracy": (len(fake) - fooled + real_ok) / len(recs) if recs else None}
 
     metric_names = ("fid", "kid", "pr")
 

@@ -338,6 +338,42 @@ class GuardedModel:
         return reply, time.perf_counter() - t
 
 
+class Game:
+    """One round of the secret-keeping game: a GuardedModel, the conversation so far, and
+    the guess that ends it. `genlab guard play` and the playground's game both play it."""
+
+    def __init__(self, guarded: GuardedModel):
+        self.guarded = guarded
+        self.history: list = []       # {"role": "user" | "assistant", "content": ...}
+        self.won: bool | None = None  # None while the round goes on
+
+    @property
+    def level(self) -> int:
+        return self.guarded.level
+
+    @property
+    def turns(self) -> int:
+        return len(self.history) // 2
+
+    @property
+    def over(self) -> bool:
+        return self.won is not None
+
+    def turn(self, prompt: str) -> Turn:
+        """Ask once; the model's reply (or the guard's refusal) joins the conversation."""
+        check(not self.over, "this round is over (it ended with a guess): start a new one")
+        t = self.guarded.ask(prompt, self.history)
+        self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": t.reply}]
+        return t
+
+    def guess(self, word: str) -> bool:
+        """Guess the password; right or wrong, the round ends."""
+        check(not self.over, "this round is over (it ended with a guess): start a new one")
+        check(isinstance(word, str) and word.strip() != "", "the guess is empty: give one word")
+        self.won = word.strip().lower() == self.guarded.secret
+        return self.won
+
+
 _SHARED: dict = {}
 
 
@@ -373,5 +409,5 @@ def read_history(path) -> list:
     return out
 
 
-__all__ = ["GuardedModel", "LEVELS", "REFUSAL_INPUT", "REFUSAL_OUTPUT", "Turn", "check_level", "check_secret",
+__all__ = ["Game", "GuardedModel", "LEVELS", "REFUSAL_INPUT", "REFUSAL_OUTPUT", "Turn", "check_level", "check_secret",
            "read_history", "system_prompt"]

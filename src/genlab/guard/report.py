@@ -9,32 +9,19 @@ guards' time plus the generation it would have cost.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from ..metrics.stats import wilson
 from ..plots import save_heatmap
 from ..util.errors import check
 from ..util.io import write_text_atomic
 from .attacks import Attack, play, secrets_for, select, suffix_attack
 from .levels import LEVELS, GuardedModel, check_level
 from .resources import benign_requests
-
-Z = 1.959964  # 95%
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """The 95% Wilson score interval of k successes in n trials."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + Z * Z / n
-    c = (p + Z * Z / (2 * n)) / d
-    h = Z * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
 
 
 def parse_levels(spec) -> list:

@@ -11,6 +11,7 @@ before anything is written. Every 10th example is held out for validation.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,41 @@ def read_prompts(path, on_error: str = "stop", warn=None) -> list:
     if len(out) < 2:
         raise GenlabError(f"{p}: needs at least 2 prompts, found {len(out)}")
     return out
+
+
+def record_ranking(path, prompt: str, first: str, second: str, choice: str, **extra) -> dict:
+    """One person's ranking of two replies to `prompt` ("first", "second" or "tie"), appended
+    to the JSONL file `path` as {"prompt", "chosen", "rejected", **extra} -- the form
+    `genlab reward train` and `genlab finetune --method dpo` read -- and fsynced. A tie is no
+    preference pair: it goes to the sibling file PATH.ties.jsonl. Returns how many pairs
+    and ties the files then hold."""
+    check(choice in ("first", "second", "tie"), f"choice must be first, second or tie, not {choice!r}")
+    for name, v in (("prompt", prompt), ("first", first), ("second", second)):
+        check(isinstance(v, str) and v.strip() != "", f"the {name} reply is empty" if name != "prompt"
+              else "the prompt is empty")
+    p = Path(path)
+    ties = p.with_name(p.stem + ".ties.jsonl")
+    if choice == "tie":
+        _append_line(ties, {"prompt": prompt, "responses": [first, second], **extra})
+    else:
+        chosen, rejected = (first, second) if choice == "first" else (second, first)
+        _append_line(p, {"prompt": prompt, "chosen": chosen, "rejected": rejected, **extra})
+    return {"pairs": _count_lines(p), "ties": _count_lines(ties)}
+
+
+def _append_line(path: Path, obj: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise GenlabError(f"{path}: cannot write it ({e.strerror or e}); the lines before it are kept") from None
+
+
+def _count_lines(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())

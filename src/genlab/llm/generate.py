@@ -234,18 +234,22 @@ class TextModel:
 
     def reply_stream(self, chat: Chat, user: str, max_new_tokens: int = 300, **kw) -> Iterator[str]:
         """Add the user's turn, stream the model's reply (ending at the template's stop
-        string or the model's end-of-turn token), then add the reply to the transcript."""
+        string or the model's end-of-turn token), then add the reply to the transcript (a
+        reply whose reader stopped early: as far as it went)."""
         _check(isinstance(user, str) and user.strip() != "", "empty message")
         chat.add("user", user)
-        parts = []
+        parts, happened = [], True
         try:
             for piece in self.stream(chat.prompt(), max_new_tokens, stop=chat.template.stop, **kw):
                 parts.append(piece)
                 yield piece
         except GenlabError:
+            happened = False
             chat.messages.pop()  # the turn did not happen
             raise
-        chat.add("assistant", "".join(parts).strip())
+        finally:
+            if happened:  # a reply stopped early (the reader left) is kept as far as it went
+                chat.add("assistant", "".join(parts).strip())
 
     def reply(self, chat: Chat, user: str, **kw) -> str:
         return "".join(self.reply_stream(chat, user, **kw)).strip()
