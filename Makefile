@@ -59,6 +59,8 @@ demo: $(STAMP)
 	@echo "converted once into the genlab cache) answered through its own chat template. Try:"
 	@echo "  .venv/bin/genlab chat smollm2 --system \"You are a helpful tutor.\""
 	@echo "  .venv/bin/genlab finetune smollm2 --data shakespeare --method lora --time-budget 300 --out runs/ft"
+	@echo
+	@echo "Everything above in a browser: .venv/bin/genlab serve  (then open http://127.0.0.1:8000/)"
 
 # The browser tests drive Debian's chromium (Playwright never downloads a browser here):
 # installed when it is missing and this user may (root, or sudo without a password);

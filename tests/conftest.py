@@ -245,7 +245,8 @@ def serve_runs(tmp_path_factory, trained_run, mnist) -> Path:
     """A --runs folder: vae (the 2-epoch lecture VAE), sg (a class-conditional style-based
     generator, 2 epochs on 320 digits), tvae (a text-conditioned VAE on 160 captioned
     digits), lm (a character-level GPT, 300 steps on Shakespeare, with genlab's chat template),
-    and escape, a symlink to a run outside the folder (about 25 s). For genlab serve's tests."""
+    vae-int8 (genlab compress's int8 copy of vae, with its report) and escape, a symlink to a
+    run outside the folder (about 30 s). For genlab serve's tests."""
     base = tmp_path_factory.mktemp("serve")
     root = base / "runs"
     root.mkdir()
@@ -267,6 +268,7 @@ def serve_runs(tmp_path_factory, trained_run, mnist) -> Path:
     genlab.train("lm", corpus="shakespeare", out=root / "lm", max_iters=300, recipe="nanogpt", n_layer=2, n_head=2,
                  n_embd=64, block_size=128, batch_size=16, lr=5e-3, warmup_iters=20, eval_interval=100,
                  log_interval=25, **quiet)
+    genlab.compress(str(root / "vae"), root / "vae-int8", quantize="int8", log=lambda *a: None)
     (base / "outside").mkdir()
     shutil.copytree(trained_run, base / "outside" / "elsewhere")
     os.symlink(base / "outside" / "elsewhere", root / "escape")   # a link out of the folder

@@ -250,6 +250,14 @@ def test_metrics_come_in_increments_for_live_curves(client, runs):
     error_of(client.get("/api/runs/lm/report"), 400, "cannot report")
 
 
+def test_a_compressed_run_shows_its_report_and_samples(client):
+    d = client.get("/api/runs/vae-int8").json()
+    assert d["compressed"] and "report" in d["verbs"] and "sample" in d["verbs"]
+    rep = client.get("/api/runs/vae-int8/report").json()
+    assert len(rep["rows"]) == 2 and "| " in rep["table"] and rep["out"] == "vae-int8"   # no server path
+    assert png(client.post("/api/runs/vae-int8/sample", json={"n": 4, "seed": 0})).shape == (2 * 62, 2 * 62)
+
+
 # -- bad requests ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path,body,status,fragment", [

@@ -68,5 +68,9 @@ def serve(runs="runs", host: str = "127.0.0.1", port: int = 8000, token: str | N
     app = create_app(root, limits=limits, token=token, preferences=preferences, on_start=started)
     if not root.is_dir():
         log(f"(no {root}/ folder here: serving the built-in models only; give --runs DIR for your runs)")
-    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                  timeout_graceful_shutdown=3)).run()
+    try:
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                      timeout_graceful_shutdown=3)).run()
+    except KeyboardInterrupt:   # (uvicorn shuts down, then passes Ctrl-C on): the usual way to stop
+        pass
+    log("genlab serve: stopped")

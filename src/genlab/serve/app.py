@@ -41,12 +41,14 @@ from .state import (
     Catalogue,
     Limits,
     ModelCache,
+    Pipe,
     Sessions,
     WorkQueue,
 )
 
 log = logging.getLogger("genlab.serve")
 STATIC = resources.files("genlab.serve") / "static"
+FLUSH_S = 0.005   # a stream's pieces are sent at most this often after the first (a person sees no delay)
 Prompt = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
 Seeds = Union[str, List[int]]
 
@@ -232,26 +234,19 @@ def create_app(runs="runs", limits: Limits | None = None, token: str | None = No
         return Response(data, media_type="image/png" if fmt == "png" else "application/octet-stream",
                         headers={"Cache-Control": "no-store"})
 
-    async def sse(make_iter, name: str | None, verb: str, extra=None):
+    async def sse(make_iter, name: str, verb: str):
         """Stream make_iter(model)'s pieces as server-sent events. Whatever goes wrong before
         the first piece is an ordinary JSON error; the stream stops when the client leaves
         or the time limit passes."""
-        if name is not None:
-            cat.require(name, verb)
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
+        cat.require(name, verb)
+        pipe = Pipe(asyncio.get_running_loop())
+        put = pipe.put
         stop = threading.Event()
         deadline = time.monotonic() + limits.timeout
 
-        def put(item):
-            loop.call_soon_threadsafe(q.put_nowait, item)
-
         def job():
             try:
-                if name is not None:
-                    m, lock = loaded(name)
-                else:
-                    m, lock = None, threading.Lock()
+                m, lock = loaded(name)
                 with lock:
                     t0 = time.perf_counter()
                     it = make_iter(m)
@@ -272,7 +267,7 @@ def create_app(runs="runs", limits: Limits | None = None, token: str | None = No
                     stats = getattr(m, "last_stats", None)
                     if stats:
                         done["stats"] = stats
-                    put(("done", {**done, **(extra() if extra else {})}))
+                    put(("done", done))
             except GenlabError as e:
                 put(("error", clean(str(e))))
             except Exception as e:  # noqa: BLE001 -- reported to the client as one line, logged whole
@@ -281,25 +276,28 @@ def create_app(runs="runs", limits: Limits | None = None, token: str | None = No
 
         fut = queue.submit(job)
         try:
-            first = await asyncio.wait_for(q.get(), limits.timeout)
+            first = await asyncio.wait_for(pipe.get_all(), limits.timeout)
         except asyncio.TimeoutError:
             stop.set()
             fut.cancel()
             raise ApiError(503, f"the request took longer than the server's limit of {limits.timeout:g} s") from None
-        if first[0] == "error":
-            raise ApiError(400, first[1])
+        if first[0][0] == "error":
+            raise ApiError(400, first[0][1])
+
+        def event(item) -> str:
+            kind, payload = item
+            data = {"text": payload} if kind == "token" else ({"error": payload} if kind == "error" else payload)
+            return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
 
         async def events():
-            item = first
+            items = first
             try:
                 while True:
-                    kind, payload = item
-                    data = {"text": payload} if kind == "token" else \
-                        ({"error": payload} if kind == "error" else payload)
-                    yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
-                    if kind != "token":
+                    yield "".join(event(x) for x in items)   # whatever came meanwhile: one write
+                    if items[-1][0] != "token":
                         return
-                    item = await q.get()
+                    await asyncio.sleep(FLUSH_S)   # let a few tokens gather: fewer wake-ups and writes
+                    items = await pipe.get_all()
             finally:
                 stop.set()
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -340,7 +338,7 @@ def create_app(runs="runs", limits: Limits | None = None, token: str | None = No
     async def report(name: str):
         """The compression report of a run genlab compress wrote."""
         cat.require(name, "report")
-        return api.read_report(cat.locate(name))
+        return {**api.read_report(cat.locate(name)), "out": name}   # (report.json names the folder it wrote)
 
     # -- images ------------------------------------------------------------------------------------
     @app.post("/api/runs/{name}/sample")

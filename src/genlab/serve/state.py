@@ -10,7 +10,7 @@ import re
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +204,33 @@ class WorkQueue:
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Pipe:
+    """Items from a worker thread to the event loop: the loop is woken once for whatever has
+    come since it last looked, not once per item (a token stream costs a few wake-ups, not
+    one per token)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.items, self.ready = loop, deque(), asyncio.Event()
+        self.signalled = threading.Event()
+
+    def put(self, item) -> None:          # (the worker's side)
+        self.items.append(item)
+        if not self.signalled.is_set():
+            self.signalled.set()
+            self.loop.call_soon_threadsafe(self.ready.set)
+
+    async def get_all(self) -> list:      # (the loop's side)
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            self.signalled.clear()        # before draining: a later put wakes the loop again
+            out = []
+            while self.items:
+                out.append(self.items.popleft())
+            if out:
+                return out
 
 
 # -- sessions --------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ for (const b of document.querySelectorAll("#tabs button")) {
   b.addEventListener("click", () => {
     for (const x of document.querySelectorAll("#tabs button")) x.classList.toggle("active", x === b);
     for (const s of document.querySelectorAll(".tab")) s.classList.toggle("active", s.id === "tab-" + b.dataset.tab);
-    if (b.dataset.tab === "runs") refreshCurves(true);
+    if (b.dataset.tab === "runs") { refreshCurves(true); showReport(); }
   });
 }
 
@@ -393,7 +393,16 @@ async function refreshCurves(force) {
     status("curve-status", curve.records.length + " records");
   } catch (e) { status("curve-status", e.message, true); }
 }
-$("curve-run").addEventListener("change", () => refreshCurves(true));
+async function showReport() {
+  const r = run($("curve-run").value);
+  const has = !!(r && r.verbs.includes("report"));
+  $("report-box").hidden = !has;
+  if (has) {
+    try { $("report").textContent = (await api("/api/runs/" + encodeURIComponent(r.name) + "/report")).table; }
+    catch (e) { $("report").textContent = e.message; }
+  }
+}
+$("curve-run").addEventListener("change", () => { refreshCurves(true); showReport(); });
 $("curve-keys").addEventListener("change", drawCurves);
 setInterval(() => {
   if ($("curve-live").checked && $("tab-runs").classList.contains("active")) refreshCurves(false);
