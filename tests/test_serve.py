@@ -273,6 +273,7 @@ def test_a_compressed_run_shows_its_report_and_samples(client):
     ("/api/runs/vae/sample", {"seeds": "0-2000"}, 422, "at most 1024"),
     ("/api/runs/vae/sample", {"n": 2, "seeds": "1-2"}, 422, "not both"),
     ("/api/runs/vae/sample", {"count": 3}, 422, "count: extra inputs"),
+    ("/api/runs/vae/interpolate", {"pairs": 64, "steps": 64}, 422, "more than 1024 images"),
     ("/api/runs/lm/generate", {"prompt": "x", "max_new_tokens": 4096}, 422, "max_new_tokens"),
     ("/api/runs/lm/generate", {"prompt": "x" * 4001}, 422, "prompt: string should have at most 4000"),
     ("/api/runs/lm/generate", {"max_new_tokens": 5}, 422, "prompt: field required"),

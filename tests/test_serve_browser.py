@@ -2,8 +2,9 @@
 through executable_path (no browser download), against `genlab serve` on loopback. The
 page loads and fetches nothing from anywhere else; samples change with the seed; a
 generation and a chat reply stream in; a game turn is played; a ranking and a real-or-fake
-guess are stored; the loss curves draw. With GENLAB_SCREENSHOTS=DIR the screenshots go
-to DIR (the README's come from `GENLAB_SCREENSHOTS=docs`)."""
+guess are stored; the loss curves draw; /docs renders Swagger UI from the package. With
+GENLAB_SCREENSHOTS=DIR the screenshots go to DIR (the README's are made on longer-trained
+runs by docs/screenshots.py)."""
 from __future__ import annotations
 
 import json
@@ -163,6 +164,12 @@ def test_the_playground_in_a_real_browser(server, serve_runs, tmp_path):
         page.wait_for_function("/records/.test(document.getElementById('curve-status').textContent)")
         assert page.eval_on_selector("#curve-keys", "s => s.selectedOptions.length") >= 1
         page.screenshot(path=str(shots / "serve-runs.png"))
+
+        # the API's docs: Swagger UI from the package, every route listed
+        page.goto(server + "docs")
+        page.wait_for_selector(".opblock-summary-path", timeout=60_000)
+        paths = page.eval_on_selector_all(".opblock-summary-path", "xs => xs.map(x => x.textContent)")
+        assert "/api/runs/{name}/sample" in paths and "/api/game/{gid}/guess" in paths
         browser.close()
     assert not errors, errors
     assert not elsewhere, f"the page asked other hosts: {elsewhere}"

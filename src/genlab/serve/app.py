@@ -26,6 +26,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline  # /docs with Swagger UI from the package, not a CDN
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -36,6 +37,7 @@ from .state import (
     MAX_N,
     MAX_NEW_TOKENS,
     MAX_PROMPT_CHARS,
+    MAX_TURNS,
     MAX_WALK,
     ApiError,
     Catalogue,
@@ -161,7 +163,7 @@ def create_app(runs="runs", limits: Limits | None = None, token: str | None = No
         yield
         queue.shutdown()
 
-    app = FastAPI(title="genlab", version=__version__, lifespan=lifespan, description=(
+    app = FastAPIOffline(title="genlab", version=__version__, lifespan=lifespan, redoc_url=None, description=(
         "genlab's playground API: sample, interpolate and style-mix image runs; generate and chat with language "
         "models (streamed as server-sent events); play the secret-keeping game; rank two replies (a preferences "
         "JSONL for genlab reward train / finetune); guess real or fake. Runs are named by their folder inside "
@@ -364,6 +366,9 @@ def create_app(runs="runs", limits: Limits | None = None, token: str | None = No
     async def interpolate(name: str, body: InterpolateIn):
         """A latent walk as a PNG: one row per pair, `steps` images from one end to the other
         (in W with space "w"; from one text to another with `prompts`)."""
+        if body.pairs * body.steps > MAX_N:
+            raise ApiError(422, f"pairs x steps: {body.pairs} x {body.steps} make more than {MAX_N} images")
+
         def fn(run):
             if body.prompts is not None:
                 images = run.prompt_walk(body.prompts, body.pairs, body.steps, seed=body.seed)
@@ -424,6 +429,8 @@ def create_app(runs="runs", limits: Limits | None = None, token: str | None = No
     async def chat_message(cid: str, body: MessageIn):
         """The model's reply to `content`, streamed (stream false: one JSON)."""
         s, slock = sessions.get("chat", cid, "chat")
+        if len(s["chat"].messages) >= MAX_TURNS * 2:
+            raise ApiError(400, f"this chat has {MAX_TURNS} turns, the most a chat keeps: start a new one")
         kw = dict(max_new_tokens=body.max_new_tokens, temperature=body.temperature, seed=body.seed)
         if not body.stream:
             def fn(m):
@@ -454,6 +461,8 @@ def create_app(runs="runs", limits: Limits | None = None, token: str | None = No
     async def game_turn(gid: str, body: TurnIn):
         """One question; the reply the player sees (a guard's refusal where one stopped it)."""
         s, slock = sessions.get("game", gid, "game")
+        if s["game"].turns >= MAX_TURNS:
+            raise ApiError(400, f"this round has {MAX_TURNS} turns, the most a round keeps: guess, or start a new one")
 
         def fn(m):
             with slock:

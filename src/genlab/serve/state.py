@@ -22,7 +22,8 @@ from ..util.memory import tensor_bytes
 MAX_N = 1024                 # images per request
 MAX_NEW_TOKENS = 2048        # tokens per generation
 MAX_PROMPT_CHARS = 4000      # characters of any prompt, message or system prompt
-MAX_WALK = 64                # pairs or steps of a latent walk
+MAX_WALK = 64                # pairs or steps of a latent walk (at most MAX_N images in all)
+MAX_TURNS = 100              # turns a chat or a game round keeps
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
