@@ -236,8 +236,21 @@ def pytest_terminal_summary(terminalreporter):
 
 # -- a --runs folder for genlab serve ------------------------------------------------------
 
-SERVE_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SG_TINY = dict(width=32, z_dim=32, w_dim=32, mapping_layers=2, batch_size=32, augment=False)
+
+
+def captioned_digits(root: Path, mnist, n: int = 160) -> Path:
+    """n real digits as PNGs in one folder (no class sub-folders) with captions.txt, two
+    captions each ("a handwritten seven", "the digit 7"). Importable (`from conftest import ...`)."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        Image.fromarray(mnist.train_x[i, 0].numpy()).save(root / f"d{i:03d}.png")
+        k = int(mnist.train_y[i])
+        lines += [f"d{i:03d}.png\ta handwritten {DIGIT_WORDS[k]}", f"d{i:03d}.png\tthe digit {k}"]
+    (root / "captions.txt").write_text("\n".join(lines) + "\n")
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -255,14 +268,7 @@ def serve_runs(tmp_path_factory, trained_run, mnist) -> Path:
     few = base / "few.npz"
     np.savez(few, x=mnist.train_x[:320, 0].numpy(), y=mnist.train_y[:320].numpy())
     genlab.train("stylegan", dataset=f"npy:{few}", epochs=2, seed=0, out=root / "sg", **SG_TINY, **quiet)
-    folder = base / "captioned"
-    folder.mkdir()
-    lines = []
-    for i in range(160):
-        Image.fromarray(mnist.train_x[i, 0].numpy()).save(folder / f"d{i:03d}.png")
-        k = int(mnist.train_y[i])
-        lines += [f"d{i:03d}.png\ta handwritten {SERVE_WORDS[k]}", f"d{i:03d}.png\tthe digit {k}"]
-    (folder / "captions.txt").write_text("\n".join(lines) + "\n")
+    folder = captioned_digits(base / "captioned", mnist)
     genlab.train("vae", dataset=f"folder:{folder}", condition="text", text_encoder="learned", epochs=1,
                  out=root / "tvae", **quiet)
     genlab.train("lm", corpus="shakespeare", out=root / "lm", max_iters=300, recipe="nanogpt", n_layer=2, n_head=2,

@@ -231,3 +231,53 @@ def test_rl_bad_inputs_are_one_line_and_write_nothing(setup, tmp_path, cli_here)
                                 "--out", out), "dqn", "ppo")
     assert not out.exists()
     assert Path(prompts).read_text().count("\n") == len(PROMPTS)
+
+
+# -- guardrails: prompts under a system prompt, rankings that prefer keeping the secret ------------
+
+def test_prompts_carry_their_system_prompt_and_guard_rankings_keep_the_evaluation_out(setup, tmp_path, cli_here,
+                                                                                      expect_user_error):
+    from genlab.guard.attacks import ATTACKS, secrets_for
+    from genlab.guard.decoders import DECODERS, Disclosure
+    from genlab.guard.rankings import REFUSALS
+    from genlab.guard.resources import benign_requests
+    from genlab.llm.data import read_jsonl, read_prompts
+    from genlab.llm.sample import chat_prompt
+    sft, _, _ = setup
+    model = genlab.load_model(str(sft), **quiet)
+    expect_user_error(cli_here("guard", "rankings", str(sft), "--out", tmp_path / "g"),
+                      "do not fit the model's context of 128 tokens")    # level 1's system prompt is longer
+    assert not (tmp_path / "g").exists()
+    genlab.train("lm", corpus="shakespeare", out=tmp_path / "gpt", tokenizer="bpe", vocab_size=300, max_iters=60,
+                 n_layer=2, n_head=2, n_embd=32, block_size=256, batch_size=16, progress=False, **quiet)
+    chat = genlab.api.export(str(tmp_path / "gpt"), tmp_path / "gpt-hf", **quiet)    # a Hugging Face chat model
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"system": "Be brief.", "prompt": "Speak of the sea."}) + "\n"
+                 + json.dumps({"prompt": "Speak of wine."}) + "\n")
+    ps = read_prompts(f)
+    assert ps == ["Speak of the sea.", "Speak of wine."] and (ps[0].system, ps[1].system) == ("Be brief.", None)
+    assert "Be brief." in chat_prompt(model, ps[0]) and "Be brief." not in chat_prompt(model, ps[1])
+
+    counts = genlab.api.guard_rankings(str(chat), tmp_path / "g", per_message=1, max_new_tokens=16, **quiet)
+    kind, pairs = read_jsonl(tmp_path / "g" / "prefs.jsonl")
+    assert kind == "dpo" and len(pairs) == counts["pairs"] and all("system" in p for p in pairs)
+    raw = [json.loads(x) for x in (tmp_path / "g" / "prefs.jsonl").read_text().splitlines()]
+    evaluation = set(secrets_for(20, 0))
+    suite = {t for a in ATTACKS for t in a.turns}
+    for p in raw:
+        assert p["secret"] not in evaluation and p["secret"] in p["system"]
+        assert p["prompt"] not in suite and p["prompt"] not in benign_requests()
+        if p["kind"] == "attack":     # the leak is ranked below, whoever wrote it
+            assert Disclosure(p["secret"], tuple(DECODERS)).add(p["rejected"]).partial
+            assert not Disclosure(p["secret"], tuple(DECODERS)).add(p["chosen"]).partial
+        else:
+            assert p["rejected"] in REFUSALS
+    assert counts["attack_resisted"] + counts["attack_leaked"] == 114 and counts["ordinary"] >= 100
+    rl = read_prompts(tmp_path / "g" / "prompts.jsonl")
+    assert len(rl) == 243 and all(p.system and "secret password is" in p.system for p in rl)
+    rm = train_reward(tmp_path / "g" / "prefs.jsonl", tmp_path / "rm", **quiet)
+    assert rm.config["val_accuracy"] >= 0.8                     # the rankings are learnable
+    expect_user_error(cli_here("guard", "rankings", str(chat), "--out", tmp_path / "g"), "already holds rankings")
+    expect_user_error(cli_here("guard", "rankings", str(chat), "--out", tmp_path / "h", "--per-message", "0"),
+                      "--per-message")
+    assert not (tmp_path / "h").exists()

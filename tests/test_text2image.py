@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import genlab
+from conftest import captioned_digits
 from genlab.data import load_images
 from genlab.data.captions import HELD_OUT, TEMPLATES, class_thresholds, measure, prompt_info, prompt_set
 from genlab.encoders import text as text_enc
@@ -114,14 +115,7 @@ def test_a_short_text_conditioned_gan_follows_prompts(tmp_path, classifier):
 @pytest.fixture(scope="module")
 def captioned_folder(tmp_path_factory, mnist):
     """160 real digits as PNGs in one folder (no class sub-folders) with captions.txt."""
-    root = tmp_path_factory.mktemp("captioned")
-    lines = []
-    for i in range(160):
-        Image.fromarray(mnist.train_x[i, 0].numpy()).save(root / f"d{i:03d}.png")
-        k = int(mnist.train_y[i])
-        lines += [f"d{i:03d}.png\ta handwritten {WORDS[k]}", f"d{i:03d}.png\tthe digit {k}"]
-    (root / "captions.txt").write_text("\n".join(lines) + "\n")
-    return root
+    return captioned_digits(tmp_path_factory.mktemp("captioned"), mnist)
 
 
 def test_folder_captions_are_read_and_bad_lines_named(captioned_folder, tmp_path):

@@ -40,7 +40,7 @@ from .families.images import (
     save_images,
 )
 from .families.lm import LMRun
-from .guard import attacks as _attacks, gcg as _gcg, report as _greport
+from .guard import attacks as _attacks, gcg as _gcg, rankings as _rankings, report as _greport
 from .guard.attacks import ATTACKS as GUARD_ATTACKS
 from .guard.levels import LEVELS as GUARD_LEVELS, Game, GuardedModel, check_level, check_secret, read_history
 from .llm.data import record_ranking
@@ -58,7 +58,7 @@ Run = ImageRun  # the name earlier genlab gave the image run class
 EXPORT_FORMATS = ("hf",)  # a Hugging Face directory
 
 __all__ = ["CORPORA", "DEVICE", "GENERATION_OPTIONS", "NUM_SAMPLES", "stats_line",
-           "GUARD_ATTACKS", "GUARD_LEVELS", "guard", "guard_attack", "guard_gcg",
+           "GUARD_ATTACKS", "GUARD_LEVELS", "guard", "guard_attack", "guard_gcg", "guard_rankings",
            "read_history", "read_suffix", "IMAGE_OPTIONS", "IW_SAMPLES", "N", "N_SAMPLES", "PAIRS",
            "PER_PROMPT",
            "STEPS", "TRUNC", "GenlabError", "LMRun", "Run", "compress", "corpora", "data_info", "dataset_classifier",
@@ -322,6 +322,26 @@ def guard_gcg(model: str, out, level: int = 1, time_budget: float | None = 600, 
     m = load_model(model, log=log, device=device)
     return _gcg.search(m, out, level=level, time_budget=time_budget, steps=steps, n_secrets=secrets,
                        suffix_tokens=suffix_tokens, topk=topk, batch=batch, seed=seed, log=log, progress=progress)
+
+
+def guard_rankings(model: str = "smollm2", out="data/guard-rankings", per_message: int = 2,
+                   max_new_tokens: int = 48, eval_secrets: int = 20, eval_seed: int = 0, seed: int = 0,
+                   overwrite: bool = False, log=print, device: str | None = "cpu") -> dict:
+    """Rankings that prefer keeping the secret (guard/rankings.py): OUT/prefs.jsonl, ranked
+    pairs of `model`'s own replies under level 1's system prompt, for genlab reward train
+    and DPO; OUT/prompts.jsonl, the prompts for RLHF. Secrets and messages are disjoint
+    from what `guard_attack(secrets=eval_secrets, seed=eval_seed)` measures with."""
+    out = Path(out)
+    check(overwrite or not (out / "prefs.jsonl").exists(),
+          f"{out} already holds rankings (give --overwrite to replace them, or another --out)")
+    for name, v in (("--per-message", per_message), ("--max-new-tokens", max_new_tokens),
+                    ("--eval-secrets", eval_secrets)):
+        check(isinstance(v, int) and v >= 1, f"{name} {v}: give a whole number >= 1")
+    m = load_model(model, log=log, device=device)
+    check(hasattr(m, "tokenizer") and getattr(m, "chat_model", False),
+          f"{model}: rankings are sampled from a Hugging Face chat model (smollm2, a directory, a fine-tuning run)")
+    return _rankings.build_rankings(m, out, per_message=per_message, max_new_tokens=max_new_tokens,
+                                    eval_secrets=eval_secrets, eval_seed=eval_seed, seed=seed, log=log)
 
 
 def read_suffix(path) -> dict:

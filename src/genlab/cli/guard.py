@@ -103,6 +103,33 @@ def register(commands) -> None:
     gc.add_argument("--device", default="cpu")
     gc.set_defaults(func=_gcg)
 
+    rk = command(actions, "rankings", "build rankings that prefer keeping the secret (data for reward models, DPO, RLHF)",
+                 "Samples MODEL's replies under level 1's system prompt (a training secret in it) to the\n"
+                 "input guard's examples -- attempts to get the secret and ordinary requests, none of\n"
+                 "them in the attack suite or the benign set -- scores them with the leak scorer, and\n"
+                 "ranks: a reply that resisted above a leak, a refusal above a reply that leaked, an\n"
+                 "answer to an ordinary request above a refusal. The secrets exclude those\n"
+                 "genlab guard attack --secrets K --seed S measures with (--eval-secrets, --eval-seed).\n"
+                 "Writes OUT/prefs.jsonl ({system, prompt, chosen, rejected}) and OUT/prompts.jsonl\n"
+                 "({system, prompt}, for RLHF).",
+                 "example:\n"
+                 "  genlab guard rankings smollm2 --out data/guard\n"
+                 "  genlab reward train --data data/guard/prefs.jsonl --half 1 --out runs/rm-guard\n"
+                 "  genlab finetune smollm2 --data data/guard/prompts.jsonl --reward runs/rm-guard --out runs/rl-guard\n"
+                 "  genlab guard attack runs/rl-guard --level 1 --secrets 20 --out runs/rl-guard-attack")
+    rk.add_argument("model", metavar="MODEL", nargs="?", default="smollm2", help="default smollm2")
+    rk.add_argument("--out", required=True, help="the folder to write prefs.jsonl and prompts.jsonl into")
+    rk.add_argument("--per-message", type=int, default=2, help="secrets (pairs) per message (default 2)")
+    rk.add_argument("--max-new-tokens", type=int, default=48, help="reply length limit (default 48)")
+    rk.add_argument("--eval-secrets", type=int, default=20, metavar="K", help="the evaluation's --secrets (default 20)")
+    rk.add_argument("--eval-seed", type=int, default=0, metavar="S", help="the evaluation's --seed (default 0)")
+    rk.add_argument("--seed", type=int, default=0)
+    rk.add_argument("--overwrite", action="store_true")
+    rk.add_argument("--device", default="cpu")
+    rk.set_defaults(func=lambda a: api.guard_rankings(
+        a.model, a.out, per_message=a.per_message, max_new_tokens=a.max_new_tokens, eval_secrets=a.eval_secrets,
+        eval_seed=a.eval_seed, seed=a.seed, overwrite=a.overwrite, log=note, device=a.device) and 0)
+
     lv = command(actions, "levels", "list the levels and the attacks")
     lv.set_defaults(func=_levels)
 

@@ -200,10 +200,10 @@ def _prepare(config, base, tok, template, payload, engine, log):
         return lm, SFTTask(lm, [enc(e) for e in train], [enc(e) for e in val], pad_id=pad_id, **kw)
 
     def pair(e):
-        msgs = [{"role": "user", "content": e["prompt"]}]
-        c, k = ftdata.encode_pair(tok, template, None, msgs + [{"role": "assistant", "content": e["chosen"]}],
+        msgs, system = [{"role": "user", "content": e["prompt"]}], e.get("system")
+        c, k = ftdata.encode_pair(tok, template, system, msgs + [{"role": "assistant", "content": e["chosen"]}],
                                   t["block_size"])
-        r, k2 = ftdata.encode_pair(tok, template, None, msgs + [{"role": "assistant", "content": e["rejected"]}],
+        r, k2 = ftdata.encode_pair(tok, template, system, msgs + [{"role": "assistant", "content": e["rejected"]}],
                                    t["block_size"])
         return {"chosen": c, "rejected": r, "n_prompt": min(k, k2)}
     log(f"DPO: scoring {len(train) + len(val)} pairs with the reference model once ...")

@@ -3,6 +3,7 @@
     {"prompt": "...", "response": "..."}                          instruction tuning
     {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
     {"prompt": "...", "chosen": "...", "rejected": "..."}          preference tuning (DPO)
+                                     (+ "system": the system prompt the replies were written under)
 
 A line that is not JSON, or lacks a field, is reported with its line number; with
 on_error="skip" it is left out (and counted), with "stop" (the default) the run stops
@@ -40,7 +41,10 @@ def _parse(obj, path, n) -> tuple[str, dict]:
     if not isinstance(obj, dict):
         raise _bad(path, n, "not a JSON object")
     if "chosen" in obj or "rejected" in obj:
-        return "dpo", {k: _text(obj, k, path, n) for k in ("prompt", "chosen", "rejected")}
+        pair = {k: _text(obj, k, path, n) for k in ("prompt", "chosen", "rejected")}
+        if obj.get("system") is not None:
+            pair["system"] = _text(obj, "system", path, n)
+        return "dpo", pair
     if "messages" in obj:
         msgs = obj["messages"]
         if not isinstance(msgs, list) or not msgs:
@@ -159,11 +163,23 @@ def encoded(corpus: str, tok, log) -> dict:
     return encoded_corpus(load_corpus(corpus), _HFTokenizer(tok), log=log)
 
 
+class Prompt(str):
+    """A user's message with the system prompt it is asked under (`.system`, None: none):
+    a str everywhere else (a reward model reads the message alone)."""
+    system: str | None = None
+
+    def __new__(cls, text: str, system: str | None = None):
+        p = super().__new__(cls, text)
+        p.system = system
+        return p
+
+
 def read_prompts(path, on_error: str = "stop", warn=None) -> list:
     """The prompts RLHF samples replies to: a text file with one prompt per line (blank
     lines ignored), or a JSONL file whose lines each hold a non-empty "prompt" string
-    (instruction and preference files qualify). A bad JSONL line is reported with its
-    number (skipped with on_error="skip")."""
+    (instruction and preference files qualify) and optionally a "system" prompt to ask it
+    under (a Prompt). A bad JSONL line is reported with its number (skipped with
+    on_error="skip")."""
     p, lines = _lines(path, on_error, " (RLHF's --data is a file of prompts)")
     if p.suffix != ".jsonl":
         out = [line.strip() for line in lines if line.strip()]
@@ -171,7 +187,8 @@ def read_prompts(path, on_error: str = "stop", warn=None) -> list:
         def parse(obj, p, n):
             if not isinstance(obj, dict):
                 raise _bad(p, n, "not a JSON object")
-            return _text(obj, "prompt", p, n).strip()
+            system = _text(obj, "system", p, n) if obj.get("system") is not None else None
+            return Prompt(_text(obj, "prompt", p, n).strip(), system)
         out = _json_lines(p, lines, parse, on_error, warn)
     if len(out) < 2:
         raise GenlabError(f"{p}: needs at least 2 prompts, found {len(out)}")

@@ -10,10 +10,18 @@ from .hf import HFModel
 
 
 def chat_prompt(model, prompt: str) -> str:
-    """`prompt` as the user's turn of the model's chat layout, ready for the reply."""
-    chat = model.new_chat()
+    """`prompt` as the user's turn of the model's chat layout, ready for the reply (under
+    its system prompt, for a data.Prompt that has one)."""
+    chat = model.new_chat(getattr(prompt, "system", None))
     chat.add("user", prompt)
     return chat.prompt()
+
+
+def check_fit(model, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse a prompt that leaves no room in the context for the reply."""
+    check(prompt_tokens + max_new_tokens <= model.context,
+          f"a prompt of {prompt_tokens} tokens in the chat layout and {max_new_tokens} new tokens do not fit the "
+          f"model's context of {model.context} tokens")
 
 
 def cut_reply(model, text: str) -> str:
@@ -40,6 +48,7 @@ def sample_responses(model, prompts: list, max_new_tokens: int = 48, seed: int =
     g = generator if generator is not None else torch.Generator().manual_seed(seed)
     for i in range(0, len(prompts), batch):
         chunk = [model.encode_prompt(chat_prompt(model, p)) for p in prompts[i:i + batch]]
+        check_fit(model, max(len(c) for c in chunk), max_new_tokens)
         T = max(len(c) for c in chunk)
         ids = torch.tensor([[pad] * (T - len(c)) + c for c in chunk], device=dev)          # left padding
         mask = torch.tensor([[0] * (T - len(c)) + [1] * len(c) for c in chunk], device=dev)
