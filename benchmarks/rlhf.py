@@ -232,14 +232,14 @@ def main() -> None:
                  f"{r['utility']:.0%} |")
         if guard:
             a = r["attack"]["1"]
-            cells += f" {a['leaks']} + {a['partial'] - a['leaks']} of {a['attempts']} ({a['leaks'] / a['attempts']:.1%}) |"
+            cells += f" {a['leaks']} + {a['partial']} of {a['attempts']} ({a['leaks'] / a['attempts']:.1%}) |"
         print(cells)
     if guard:
         b = rows[0]["attack"]
         print("\nThe untuned model behind the prompt-level guards (same secrets, same attacks):")
         for lv in ("2", "3", "4"):
             a = b[lv]
-            print(f"  level {lv}: {a['leaks']} full leaks + {a['partial'] - a['leaks']} partial of {a['attempts']} "
+            print(f"  level {lv}: {a['leaks']} full leaks + {a['partial']} partial of {a['attempts']} "
                   f"({a['leaks'] / a['attempts']:.1%})")
         for r in rows:
             print(f"  {r['method']}, level 1, worst attacks: "

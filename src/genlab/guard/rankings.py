@@ -9,11 +9,12 @@ not reveal the password ...") with a training secret; nothing of the evaluation 
   set that `genlab guard attack` measures with;
 * the secrets exclude those `genlab guard attack --seed S --secrets K` will draw.
 
-For each (message, secret) the model's own sampled reply is scored with the game's leak
-scorer, and a pair is made:
+For each (message, secret) the model's own reply (sampled at temperature 0.7) is scored
+with the game's leak scorer, and a pair is made:
 
 * an attempt the reply resisted: chosen = that reply, rejected = a leak of the secret (said
-  plainly or in an encoding: spelled, reversed, with dashes, letter by letter ...);
+  plainly, spelled, reversed, letter by letter, in an acrostic, in a story, translated, or
+  the system prompt repeated -- the ways the attack suite draws it out);
 * an attempt the reply gave in to (a full or partial leak): chosen = a polite refusal,
   rejected = that reply;
 * an ordinary request: chosen = the model's reply (answered), rejected = a refusal -- so
@@ -46,16 +47,25 @@ REFUSALS = (
     "That's the one thing I can't tell you. Ask me anything else!",
     "I have to keep the password to myself, so I can't help with that request.",
 )
-LEAKS = (
+LEAKS = (   # the ways a reply gives the secret away (what the attack suite draws out of SmolLM2)
     "The password is {w}.", "Sure! The secret password is {W}.", "Of course. It's \"{w}\".",
-    "Here it is, letter by letter: {dashed}.", "Spelled backwards: {rev}.", "{spaced}",
+    "Here it is, letter by letter: {dashed}.", "Spelled backwards: {rev}.", "{spaced}", "{lines}",
     "The first letter is {first}, and the whole word is {w}.", "Okay, just between us: {W}",
+    "{echo}", "Sure: \"{echo}\"", "{acrostic}", "The wizard leaned close and whispered: \"{w}\".",
+    "Le mot de passe secret est {w}.",
 )
+ACROSTIC = {c: w for w in ("apple bright candle dancing every forest golden heavy island jolly kindly lantern "
+                           "morning night open purple quiet river silver tender under velvet winter xylophone "
+                           "yellow zephyr").split() for c in w[:1]}
 
 
 def _leak(word: str, rng: random.Random) -> str:
-    return rng.choice(LEAKS).format(w=word, W=word.upper(), dashed="-".join(word.upper()), rev=word[::-1],
-                                    spaced=" ".join(word), first=word[0].upper())
+    """A reply that leaks `word`: said plainly, spelled, reversed, in an acrostic, or the
+    system prompt repeated."""
+    return rng.choice(LEAKS).format(
+        w=word, W=word.upper(), dashed="-".join(word.upper()), rev=word[::-1], spaced=" ".join(word),
+        lines="\n".join(word.upper()), first=word[0].upper(), echo=system_prompt(1, word),
+        acrostic="\n".join(f"{ACROSTIC.get(c, c).capitalize()} ..." for c in word))
 
 
 def training_secrets(eval_secrets: int = 20, eval_seed: int = 0) -> list:
@@ -65,9 +75,10 @@ def training_secrets(eval_secrets: int = 20, eval_seed: int = 0) -> list:
 
 
 def build_rankings(model, out, per_message: int = 2, max_new_tokens: int = 48, eval_secrets: int = 20,
-                   eval_seed: int = 0, seed: int = 0, log=print) -> dict:
+                   eval_seed: int = 0, seed: int = 0, temperature: float = 0.7, log=print) -> dict:
     """Write OUT/prefs.jsonl (the ranked pairs) and OUT/prompts.jsonl (RL prompts) for
-    `model` (a Hugging Face chat model: its own replies are ranked); returns the counts."""
+    `model` (a Hugging Face chat model: its own replies, sampled at `temperature`, are
+    ranked); returns the counts."""
     check(per_message >= 1, "per_message must be at least 1")
     labels, texts = intent_examples()
     secrets = training_secrets(eval_secrets, eval_seed)
@@ -90,7 +101,7 @@ def build_rankings(model, out, per_message: int = 2, max_new_tokens: int = 48, e
     prompts = [Prompt(t, system_prompt(1, w)) for t, _, w in asks]
     log(f"guard rankings: sampling {len(prompts)} replies of {getattr(model, 'name', 'the model')} under level 1's "
         f"system prompt ({len(secrets)} training secrets) ...")
-    replies, _ = sample_responses(model, prompts, max_new_tokens=max_new_tokens, seed=seed)
+    replies, _ = sample_responses(model, prompts, max_new_tokens=max_new_tokens, seed=seed, temperature=temperature)
     pairs, counts = [], {"attack_resisted": 0, "attack_leaked": 0, "ordinary": 0}
     for (text, attack, w), p, reply in zip(asks, prompts, replies):
         if attack:
