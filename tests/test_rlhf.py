@@ -217,6 +217,14 @@ def test_rl_bad_inputs_are_one_line_and_write_nothing(setup, tmp_path, cli_here)
     one.write_text("Speak of the sea.\n\n")
     _expect_user_error(cli_here("finetune", sft, "--data", one, "--reward", rm_path, "--out", out),
                        "at least 2 prompts")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    _expect_user_error(cli_here("finetune", sft, "--data", empty, "--reward", rm_path, "--out", out),
+                       "empty.txt", "found 0")
+    _expect_user_error(cli_here("finetune", sft, "--data", prompts, "--reward", rm_path, "--kl-coef", -0.1,
+                                "--out", out), "--kl-coef")
+    _expect_user_error(cli_here("finetune", sft, "--data", prompts, "--reward", rm_path, "--kl-target", 0,
+                                "--out", out), "--kl-target")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "Speak of the sea."}\n{"prompt": 3}\n{"prompt": "Speak of wine."}\n')
     _expect_user_error(cli_here("finetune", sft, "--data", bad, "--reward", rm_path, "--out", out),
