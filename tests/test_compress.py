@@ -97,7 +97,8 @@ def test_calibration_keeps_per_token_ranges_only_where_they_matter():
         m[0].load_state_dict(lin.state_dict())
         n, per_token, _, _ = int8(m, lambda m=m, x=x: m(x), 0.0)
         assert (n, per_token, int(m[0].per_token.item())) == (1, want, want)
-        err = float((m(uneven) - lin(uneven)).norm() / lin(uneven).norm())
+        with torch.no_grad():
+            err = float((m(uneven) - lin(uneven)).norm() / lin(uneven).norm())
         assert (err < 0.02) == bool(want)   # one range per call cannot hold such tokens
 
 
