@@ -62,9 +62,16 @@ def _err(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def _reward_model(args, prefs, out: Path, half: int):
+    """The reward model of one half of the rankings: fitted afresh, or (--benign-only) the saved one."""
+    from genlab.families.reward import RewardModel, train_reward
+    if args.benign_only and out.exists():
+        return RewardModel(out)
+    return train_reward(prefs, out, half=half, overwrite=True, log=_err)
+
+
 def build(args):
     """(preference file, training prompts, held-out prompts, RM train, RM held-out)."""
-    from genlab.families.reward import train_reward
     from genlab.llm.examples import PROMPTS, scripture_instructions, scripture_preferences, scripture_topics
     from genlab.llm.hf import HFModel
     from genlab.llm.sample import sample_responses
@@ -85,7 +92,7 @@ def build(args):
     prompts_path.write_text("\n".join(e["prompt"] for e in prefs) + "\n")
     rms = {}
     for half, name in ((1, "rm-train"), (2, "rm-heldout")):
-        rms[name] = train_reward(prefs_path, OUT / name, half=half, overwrite=True, log=_err)
+        rms[name] = _reward_model(args, prefs_path, OUT / name, half)
     held = [PROMPTS[i % len(PROMPTS)].format(t) for i, t in enumerate(held_t)]
     return prefs_path, prompts_path, held, rms["rm-train"], rms["rm-heldout"]
 
@@ -94,7 +101,6 @@ def build_guardrails(args):
     """(preference file, RL prompts, held-out prompts, RM train, RM held-out, eval secrets)
     for the guardrail demonstration."""
     from genlab import api
-    from genlab.families.reward import train_reward
     from genlab.guard.attacks import ATTACKS, secrets_for
     from genlab.guard.levels import system_prompt
     from genlab.llm.data import Prompt
@@ -106,7 +112,7 @@ def build_guardrails(args):
         _err(f"rankings built in {time.monotonic() - t0:.0f} s")
     rms = {}
     for half, name in ((1, "rm-train"), (2, "rm-heldout")):
-        rms[name] = train_reward(data / "prefs.jsonl", out / name, half=half, overwrite=True, log=_err)
+        rms[name] = _reward_model(args, data / "prefs.jsonl", out / name, half)
     secrets = secrets_for(args.secrets, 0)
     benign = _benign()
     held = [Prompt(a.turns[0], system_prompt(1, secrets[i % len(secrets)])) for i, a in enumerate(ATTACKS)]
