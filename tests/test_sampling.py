@@ -14,6 +14,24 @@ from genlab.data import ImageData
 
 # -- sample ----------------------------------------------------------------------------------
 
+def test_a_fresh_process_computes_tanh_to_the_last_bit():
+    """oneMKL 2024.2 (in PyTorch's wheels) may run a low-accuracy kernel on one thread's chunk of
+    a VML op's first call (pytorch/pytorch#188792): on 2 cores, ~45% of fresh processes got a
+    generator's final tanh wrong by ~1e-4 on half the batch, so one seed gave two different
+    images. `import genlab` settles each kernel first. The bug hits the first call of a fresh
+    process only, so each check runs in a new interpreter."""
+    import subprocess
+    import sys
+    code = ("import genlab, torch\n"
+            "torch.set_num_threads(2)\n"
+            "x = torch.randn(12, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2\n"
+            "print((torch.tanh(x) - torch.tanh(x.double()).float()).abs().max().item())\n")
+    errors = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+              for _ in range(16)]
+    assert max(errors) < 2e-7, errors              # one ulp of values below 1, not 1e-4
+
+
+
 def test_sample_npy_contract(trained_run, tmp_path, cli):
     out = tmp_path / "x.npy"
     r = cli("sample", trained_run, "--n", 10, "--out", out, "--seed", 3)

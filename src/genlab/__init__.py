@@ -10,6 +10,10 @@
     smol = genlab.load_model("smollm2")          # a real foundation model, offline
     ft = genlab.finetune("smollm2", "shakespeare", method="lora", time_budget=300, out="runs/ft")
 """
+from .util.numerics import warm_vml
+
+warm_vml()   # before any model runs: see genlab/util/numerics.py
+
 from .api import (  # noqa: E402
                   LMRun,
                   Run,
