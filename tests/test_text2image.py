@@ -175,6 +175,41 @@ def test_mode_seeking_pairs_conditions_and_rewards_images_that_differ(captioned_
     assert GANTask(model, data, loss="hinge", cond=cond)._mode_seeking_term(far, z) == 0.0
 
 
+def test_conditioning_augmentation_samples_the_text_code_and_pulls_it_to_a_unit_normal(captioned_folder):
+    """StackGAN's conditioning augmentation: in training G reads its text code drawn around
+    the caption's mean (two calls, two images), in sampling the mean itself (a seed gives one
+    image); its KL to N(0, I) joins G's loss and falls as G trains."""
+    from genlab.models.gan import GANConfig, build_gan
+    from genlab.train.condition import make_conditioner
+    from genlab.train.gan import GANTask, to_signed
+    data = load_images(f"folder:{captioned_folder}")
+    cond = make_conditioner({"kind": "text", "encoder": "minilm"}, data)
+    torch.manual_seed(0)
+    model = build_gan(GANConfig(arch="sngan", channels=1, image_size=28, width=8, text_dim=384, cond_aug=True))
+    G = model.G
+    with torch.no_grad():
+        G.text_proj[-1].weight.mul_(20)                      # start far from N(0, I)
+    y = cond.draw(16, "cpu")[0]
+    z = torch.randn(16, 100)
+    G.eval()
+    with torch.no_grad():
+        assert torch.equal(G(z, y), G(z, y))
+        mu, _ = G.text_code(y)
+        assert torch.equal(G(z, y), G.net(z + mu))
+    G.train()
+    with torch.no_grad():
+        assert not torch.allclose(G(z, y), G(z, y))
+    assert G.cond_kl(torch.zeros(1, 384) + 1e-3) >= 0
+    task = GANTask(model, data, loss="hinge", lr_g=1e-3, cond=cond, cond_aug=1.0)
+    assert GANTask(build_gan(GANConfig(arch="sngan", width=8, text_dim=384)), data, cond=cond, cond_aug=1.0).cond_aug == 0
+    x = to_signed(data.train_x[:32])
+    idx = torch.arange(32)
+    before = float(G.cond_kl(y).detach())
+    for _ in range(30):
+        task.train_step(x, idx)
+    assert float(G.cond_kl(y).detach()) < 0.5 * before
+
+
 @pytest.fixture(scope="module")
 def text_run(captioned_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("tr") / "run"
@@ -208,6 +243,8 @@ def test_bad_input_is_one_line(text_run, trained_run, captioned_folder, tmp_path
          "give --condition or --unconditional, not both"),
         (("train", "gan", "--condition", "none", "--mode-seeking", "1", "--out", tmp_path / "x"),
          "--mode-seeking needs a condition"),
+        (("train", "gan", "--condition", "class", "--cond-aug", "1", "--out", tmp_path / "x"),
+         "--cond-aug needs --condition text"),
         (("interpolate", text_run, "--prompts", "a one", "", "--out", tmp_path / "w.png"), "--prompt is empty"),
         (("eval", trained_run, "--prompts", "heldout"), "an unconditional model; eval --prompts needs"),
         (("eval", text_run, "--prompts", tmp_path / "none.txt"), "no such prompts file"),

@@ -39,6 +39,9 @@ GAN_DEFAULTS = RECIPES
 # Mode seeking's weight for text conditions: without it a text GAN maps every latent of a
 # caption to nearly one image (README, "Text conditioning").
 MODE_SEEKING = 0.3
+# Conditioning augmentation's KL weight for text conditions (0: G adds the text MLP's output
+# to z as it is).
+COND_AUG = 0.0
 
 
 class GANRun(ImageRun):
@@ -159,6 +162,10 @@ class GANFamily(AdversarialFamily):
         Opt("width", int, check=at_least(2), label="--width", help="conv channels (sngan 32, dcgan 64)"),
         Opt("ema_decay", float, check=in_range(0, 1), label="--ema-decay",
             help="EMA of G's weights, 0 = off (sngan 0.999, others 0)"),
+        Opt("cond_aug", float, check=at_least(0), label="--cond-aug",
+            help=f"conditioning augmentation (StackGAN) with --condition text: G draws its text code "
+                 f"around the caption's and pays this weight times its KL to N(0, I); 0 = off "
+                 f"(default {COND_AUG} with --condition text)"),
     ) + adversarial_options("class-conditional (sngan; default when the dataset has labels)") + IMAGE_OPTIONS
     run_class = GANRun
     to_float = staticmethod(to_signed)
@@ -183,13 +190,16 @@ class GANFamily(AdversarialFamily):
         check(arch == "sngan" or not o.get("conditional"), "--conditional needs --arch sngan")
         cond = self.adversarial_condition(o, data, default="class" if arch == "sngan" else "none")
         check(cond["kind"] == "none" or arch == "sngan", f"--condition {cond['kind']} needs --arch sngan")
+        cond_aug = o.get("cond_aug")
+        check(not cond_aug or cond["kind"] == "text", "--cond-aug needs --condition text")
+        cond_aug = (COND_AUG if cond["kind"] == "text" else 0.0) if cond_aug is None else cond_aug
         mcfg = GANConfig(arch=arch, channels=c, image_size=h, z_dim=o["z_dim"], width=o["width"],
                          hidden=d.get("hidden", GANConfig.hidden), **self.condition_fields(cond, data),
-                         ema=o["ema_decay"] > 0)
+                         cond_aug=cond_aug > 0, ema=o["ema_decay"] > 0)
         train_cfg = {"epochs": o.get("epochs"), "batch_size": o["batch_size"], "lr": o["lr"],
                      "schedule": o["schedule"], "seed": o["seed"], "time_budget": o.get("time_budget"),
                      "loss": o["loss"], "lr_d": o["lr_d"], "ema_decay": o["ema_decay"], "betas": list(o["betas"]),
-                     "mode_seeking": self.mode_seeking(o, cond)}
+                     "mode_seeking": self.mode_seeking(o, cond), "cond_aug": cond_aug}
         what = f"{'class-conditional ' if cond['kind'] == 'class' else ''}{arch} GAN"
         return self.new_run(out, o, data, mcfg, train_cfg, what, log, condition=cond)
 
@@ -201,4 +211,5 @@ class GANFamily(AdversarialFamily):
         clf = self.epoch_classifier(data)
         return GANTask(model, data, loss=t["loss"], lr_g=t["lr"], lr_d=t["lr_d"] or t["lr"],
                        betas=t["betas"], ema_decay=t["ema_decay"], schedule=t["schedule"],
-                       classifier=clf, seed=t["seed"], cond=cond, mode_seeking=t.get("mode_seeking", 0.0))
+                       classifier=clf, seed=t["seed"], cond=cond, mode_seeking=t.get("mode_seeking", 0.0),
+                       cond_aug=t.get("cond_aug", 0.0))

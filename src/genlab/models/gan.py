@@ -13,7 +13,10 @@ Three architectures, all for images in [-1, 1] (G ends in Tanh):
   BatchNorm; optionally class-conditional (G gets a label embedding, D a projection
   term, Miyato & Koyama, 2018) or text-conditional (Reed et al., 2016: G(z, e(text)),
   the text embedding mapped by a small MLP and added to z; D(x, e(text)) with the
-  projection of the embedding). D returns a logit.
+  projection of the embedding). D returns a logit. With `cond_aug`, G's text MLP gives a
+  mean and a log-variance and G reads c = mu + sigma * eps, pulled towards N(0, I) by a KL
+  term (Zhang et al., 2017, StackGAN's conditioning augmentation): a caption becomes a
+  neighbourhood of inputs of z's scale, not one point that outweighs z.
 
 `GAN` bundles G, D and (for `ema`) an exponential moving average of G's weights, which
 is what samples are drawn from; one state dict holds all three.
@@ -41,6 +44,7 @@ class GANConfig:
     num_classes: int = 0     # > 0: class-conditional (sngan only)
     text_dim: int = 0        # > 0: text-conditional on an embedding of this size (sngan only)
     vocab_size: int = 0      # the learned text encoder's vocabulary (0: MiniLM embeddings)
+    cond_aug: bool = False   # text: conditioning augmentation (G samples its text code, sngan only)
     ema: bool = False        # keep an exponential moving average of G (sampled from)
 
     @property
@@ -140,7 +144,8 @@ class SNGenerator(nn.Module):
         self.embed = nn.Embedding(cfg.num_classes, cfg.z_dim) if cfg.num_classes else None
         if cfg.text_dim:
             self.text = TextEmbedding(cfg.text_dim, cfg.vocab_size)
-            self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, 256), nn.LeakyReLU(0.2), nn.Linear(256, cfg.z_dim))
+            out = 2 * cfg.z_dim if cfg.cond_aug else cfg.z_dim      # (mu, log sigma^2) or the shift itself
+            self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, 256), nn.LeakyReLU(0.2), nn.Linear(256, out))
         self.net = nn.Sequential(
             nn.Linear(cfg.z_dim, 2 * w * s * s, bias=False), nn.BatchNorm1d(2 * w * s * s), nn.ReLU(),
             nn.Unflatten(1, (2 * w, s, s)),
@@ -150,10 +155,24 @@ class SNGenerator(nn.Module):
             nn.Tanh(),
         )
 
+    def text_code(self, y):
+        """(mu, logvar) of the text code under conditioning augmentation."""
+        return self.text_proj(self.text(y)).chunk(2, dim=1)
+
+    def cond_kl(self, y):
+        """KL(N(mu, sigma^2) || N(0, I)) of the text code, mean over units and batch."""
+        mu, logvar = self.text_code(y)
+        return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
+
     def forward(self, z, y=None):
         if self.embed is not None:
             z = z + self.embed(y)
-        if self.cfg.text_dim:
+        if self.cfg.text_dim and self.cfg.cond_aug:
+            mu, logvar = self.text_code(y)
+            # Training draws the code around its mean; sampling takes the mean itself, so an
+            # image depends on its latent and its text alone (a seed gives the same image).
+            z = z + (mu + (0.5 * logvar).exp() * torch.randn_like(mu) if self.training else mu)
+        elif self.cfg.text_dim:
             z = z + self.text_proj(self.text(y))
         return self.net(z)
 

@@ -11,7 +11,9 @@ Conditions (train/condition.py) go to both networks: G(z, c) for c drawn from th
 on real images with their own conditions. For text, D is matching-aware (Reed et al.,
 2016, GAN-CLS): a real image with another image's caption is a third kind of input that D
 must call fake, so D -- and through it G -- learns whether an image fits its text, not
-only whether it looks real; the fake term is the mean of the two negatives.
+only whether it looks real; the fake term is the mean of the two negatives. With
+conditioning augmentation (StackGAN) G's loss adds `cond_aug` times the KL of its sampled
+text code to N(0, I).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ class GANTask(Task):
                  lr_d: float = 2e-4, betas=(0.9, 0.999), ema_decay: float = 0.999,
                  schedule: str = "constant", classifier=None, seed: int = 0,
                  n_grid: int = 64, n_eval: int = 2000, warn=None, cond: Conditioner | None = None,
-                 mode_seeking: float = 0.0):
+                 mode_seeking: float = 0.0, cond_aug: float = 0.0):
         if loss not in LOSSES:
             raise ValueError(f"unknown GAN loss {loss}")
         self.model = model
@@ -54,6 +56,7 @@ class GANTask(Task):
         self.schedule = schedule
         self.ema_decay = ema_decay
         self.mode_seeking = mode_seeking
+        self.cond_aug = cond_aug if getattr(self.cfg, "cond_aug", False) else 0.0
         self.opt_g = make_optimizer(model.G.parameters(), lr=lr_g, betas=betas)
         self.opt_d = make_optimizer(model.D.parameters(), lr=lr_d, betas=betas)
         self.G_net, self.D_net = model.G, model.D  # what the steps run (distribute() may wrap them)
@@ -174,6 +177,8 @@ class GANTask(Task):
         else:
             g_loss = -out.mean()
         g_loss = g_loss + self._mode_seeking_term(img, z)
+        if self.cond_aug > 0:   # conditioning augmentation: the text code's KL to N(0, I)
+            g_loss = g_loss + self.cond_aug * G.cond_kl(y_fake)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
