@@ -6,6 +6,7 @@ vs PPO at equal wall-clock budgets.
     python benchmarks/rlhf.py                    # 30 minutes per method (about 2.5 hours on 2 cores)
     python benchmarks/rlhf.py --budget 600       # seconds per method
     python benchmarks/rlhf.py --only rloo,ppo    # some methods (base is always measured)
+    python benchmarks/rlhf.py --only rloo --kl-target 15   # beta adapted to hold KL near 15 nats/reply
 
 Every method is a LoRA fine-tune (r 8) of SmolLM2 with the shared loop: DPO on the
 preference pairs (beta 0.1), RLOO and PPO against the reward model of the odd-numbered
@@ -191,6 +192,9 @@ def main() -> None:
     ap.add_argument("--dpo-lr", type=float, default=5e-4)
     ap.add_argument("--rl-lr", type=float, default=5e-4)
     ap.add_argument("--kl-coef", type=float, default=0.05)
+    ap.add_argument("--kl-target", type=float, default=None,
+                    help="RLOO / PPO: adapt the KL coefficient towards this many nats per reply (Ziegler et al.); "
+                         "their runs and rows are then named e.g. rloo-kl15")
     ap.add_argument("--secrets", type=int, default=20, help="guardrails: evaluation secrets (default 20)")
     ap.add_argument("--benign-only", action="store_true",
                     help="train nothing: measure the benign requests again on the runs saved by the last run "
@@ -221,7 +225,7 @@ def main() -> None:
         rows = saved["rows"]
         for r in rows:
             name = r["method"]
-            if name != "base" and name not in methods:
+            if name != "base" and name.split("-kl")[0] not in methods:
                 continue
             model = base if name == "base" else load_finetuned(out_root / name, log=lambda *a: None)
             r.update(benign(model, requests, secrets))
@@ -239,7 +243,8 @@ def main() -> None:
 
         rows = [row("base", base, "smollm2")]
         for m in methods:
-            out = out_root / m
+            name = m if m == "dpo" or args.kl_target is None else f"{m}-kl{args.kl_target:g}"
+            out = out_root / name
             t0 = time.monotonic()
             if m == "dpo":
                 ft = finetune("smollm2", str(prefs), out, time_budget=args.budget, lr=args.dpo_lr, beta=0.1,
@@ -247,9 +252,9 @@ def main() -> None:
             else:
                 ft = finetune("smollm2", str(prompts), out, reward=str(rm.path), heldout_reward=str(rm_held.path),
                               algorithm=m, time_budget=args.budget, lr=args.rl_lr, kl_coef=args.kl_coef, samples=4,
-                              max_new_tokens=48, eval_interval=20, log=_err, **COMMON)
-            _err(f"{m}: trained in {time.monotonic() - t0:.0f} s")
-            rows.append(row(m, load_finetuned(out, log=lambda *a: None), str(out), ft.summary))
+                              kl_target=args.kl_target, max_new_tokens=48, eval_interval=20, log=_err, **COMMON)
+            _err(f"{name}: trained in {time.monotonic() - t0:.0f} s")
+            rows.append(row(name, load_finetuned(out, log=lambda *a: None), str(out), ft.summary))
     what = ("Guardrails (keeping level 1's secret, answering ordinary requests)" if guard
             else "Tone (KJV register over SmolLM2's own reply)")
     print(f"\n{what}: LoRA, {args.budget:g} s of training per method; "
