@@ -70,8 +70,8 @@ COMMON = {"batch_size": 4, "grad_accum": 1, "block_size": 256, "max_iters": None
           "grad_checkpoint": False, "fsdp": False}
 # RLHF (--reward): the RL step's settings (benchmarks/rlhf.py measures them on SmolLM2-135M).
 RL_LR = {"full": 1e-5, "lora": 5e-4}
-RL = {"algorithm": "rloo", "samples": 4, "kl_coef": 0.05, "kl_target": None, "length_penalty": 0.0, "max_new_tokens": 48,
-      "temperature": 1.0}
+RL = {"algorithm": "rloo", "samples": 4, "kl_coef": 0.05, "kl_target": None, "kl_horizon": 64, "length_penalty": 0.0,
+      "max_new_tokens": 48, "temperature": 1.0}
 RL_DATA = ("heldout_reward",)   # RLHF settings kept under config["data"]
 LORA_OPTIONS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules"}
 
@@ -235,6 +235,7 @@ def _rl_task(config, model, lm, tok, template, train, val, pad_id, engine, kw, l
         + (f" adapted towards {t['kl_target']} nats per reply" if t["kl_target"] else "")
         + f"; {len(train)} training prompts, {len(val)} held out; reward model {rm.path}")
     rl = dict(pad_id=pad_id, samples=t["samples"], kl_coef=t["kl_coef"], kl_target=t["kl_target"],
+              kl_horizon=t.get("kl_horizon", 10_000),   # runs from before the option had Ziegler's
               length_penalty=t["length_penalty"], max_new_tokens=t["max_new_tokens"], temperature=t["temperature"],
               heldout_fn=held.score if held else None, **kw)
     if t["algorithm"] == "ppo":
@@ -396,6 +397,9 @@ class FinetuneFamily(Family):
             help="RLHF: weight of the KL penalty to the starting model, per nat (default 0.05)"),
         Opt("kl_target", float, check=above(0),
             help="RLHF: adapt --kl-coef towards this KL (nats per reply); default: fixed"),
+        Opt("kl_horizon", int, check=at_least(1),
+            help="RLHF with --kl-target: replies over which the coefficient corrects its error (default 64: "
+                 "up to 2.5%% a step of 8 replies)"),
         Opt("length_penalty", float, check=at_least(0), help="RLHF: reward taken off per reply token (default 0)"),
         Opt("max_new_tokens", int, check=at_least(1), help="RLHF: longest sampled reply, tokens (default 48)"),
         Opt("temperature", float, check=above(0), cli=False),
