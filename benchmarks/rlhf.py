@@ -194,7 +194,7 @@ def main() -> None:
     ap.add_argument("--kl-coef", type=float, default=0.05)
     ap.add_argument("--kl-target", type=float, default=None,
                     help="RLOO / PPO: adapt the KL coefficient towards this many nats per reply (Ziegler et al.); "
-                         "their runs and rows are then named e.g. rloo-kl15")
+                         "their runs and rows are then named e.g. rloo-kl15 (and rloo-b0.2 for --kl-coef 0.2)")
     ap.add_argument("--secrets", type=int, default=20, help="guardrails: evaluation secrets (default 20)")
     ap.add_argument("--benign-only", action="store_true",
                     help="train nothing: measure the benign requests again on the runs saved by the last run "
@@ -243,7 +243,8 @@ def main() -> None:
 
         rows = [row("base", base, "smollm2")]
         for m in methods:
-            name = m if m == "dpo" or args.kl_target is None else f"{m}-kl{args.kl_target:g}"
+            name = m if m == "dpo" else m + (f"-kl{args.kl_target:g}" if args.kl_target is not None else "") \
+                + (f"-b{args.kl_coef:g}" if args.kl_coef != 0.05 else "")
             out = out_root / name
             t0 = time.monotonic()
             if m == "dpo":
