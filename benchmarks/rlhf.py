@@ -225,7 +225,7 @@ def main() -> None:
         rows = saved["rows"]
         for r in rows:
             name = r["method"]
-            if name != "base" and name.split("-kl")[0] not in methods:
+            if name != "base" and name.split("-")[0] not in methods:
                 continue
             model = base if name == "base" else load_finetuned(out_root / name, log=lambda *a: None)
             r.update(benign(model, requests, secrets))
