@@ -56,7 +56,7 @@ class GANTask(Task):
         self.schedule = schedule
         self.ema_decay = ema_decay
         self.mode_seeking = mode_seeking
-        self.cond_aug = cond_aug if self.cfg.cond_aug else 0.0   # the weight, for a G built with the sampled code
+        self.cond_aug = cond_aug if getattr(self.cfg, "cond_aug", False) else 0.0  # only a GAN G built with the sampled code has it (not StyleGAN)
         self.opt_g = make_optimizer(model.G.parameters(), lr=lr_g, betas=betas)
         self.opt_d = make_optimizer(model.D.parameters(), lr=lr_d, betas=betas)
         self.G_net, self.D_net = model.G, model.D  # what the steps run (distribute() may wrap them)
