@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import genlab
@@ -210,6 +211,68 @@ def test_conditioning_augmentation_samples_the_text_code_and_pulls_it_to_a_unit_
     assert float(G.cond_kl(y).detach()) < 0.5 * before
 
 
+def test_the_text_shift_has_the_latents_length_whatever_the_mlp_learns(captioned_folder):
+    """text_norm (every new text GAN): G's text MLP output is scaled to length sqrt(z_dim),
+    so however large its weights grow the caption cannot outweigh z (unscaled it reached
+    14-23 against z's 10 and the text GAN gave less variety per caption)."""
+    from genlab.models.gan import GANConfig, build_gan
+    from genlab.train.condition import make_conditioner
+    data = load_images(f"folder:{captioned_folder}")
+    cond = make_conditioner({"kind": "text", "encoder": "minilm"}, data)
+    y = cond.draw(16, "cpu")[0]
+    z = torch.randn(16, 100)
+    for norm in (True, False):
+        torch.manual_seed(0)
+        G = build_gan(GANConfig(arch="sngan", channels=1, image_size=28, width=8, text_dim=384, text_norm=norm)).G
+        G.eval()
+        with torch.no_grad():
+            before = G(z, y)
+            G.text_proj[-1].weight.mul_(20)
+            G.text_proj[-1].bias.mul_(20)
+            after = G(z, y)
+            shift = G.text_proj(G.text(y))
+        assert torch.allclose(before, after, atol=1e-5) == norm
+        if norm:
+            assert torch.allclose(G.net(z + F.normalize(shift, dim=1) * 10.0), after, atol=1e-5)
+
+
+def test_the_matching_aware_share_weighs_mismatched_pairs_against_generated_images(captioned_folder):
+    """--mismatch W: D's negatives are (1 - W) x the generated batch's term + W x the real
+    images' with another image's caption (Reed et al.: W = 0.5); W = 0 never shows D a
+    mismatched pair, and a pair whose 'other' caption names the same class does not count."""
+    from genlab.models.gan import GANConfig, build_gan
+    from genlab.train.condition import make_conditioner
+    from genlab.train.gan import GANTask
+    data = load_images(f"folder:{captioned_folder}")
+    cond = make_conditioner({"kind": "text", "encoder": "minilm"}, data)
+    model = build_gan(GANConfig(arch="sngan", channels=1, image_size=28, width=8, text_dim=384))
+    torch.manual_seed(0)
+    idx = torch.arange(8)
+    c_real, key = cond.real(idx)
+    out_fake = torch.randn(8, 1)
+    seen = []
+    logits = torch.linspace(-0.5, 2.0, 8).unsqueeze(1)
+
+    def D(x, c):
+        seen.append(c)
+        return logits
+
+    fake = torch.relu(1 + out_fake).mean()
+    c_mis, w = cond.mismatch(c_real, key)
+    w = w.clone()
+    w[3] = 0.0                                   # a pair whose other caption says the same: left out
+    cond.mismatch = lambda c, k: (c_mis, w)      # (this test's own conditioner)
+    mis = float((torch.relu(1 + logits).flatten() * w).sum() / w.sum())
+    for m, expect in ((0.5, 0.5 * fake + 0.5 * mis), (0.2, 0.8 * fake + 0.2 * mis), (0.0, fake)):
+        task = GANTask(model, data, loss="hinge", cond=cond, mismatch=m)
+        seen.clear()
+        got = task._negatives(D, lambda: torch.zeros(8, 1, 28, 28), out_fake, c_real, key)
+        assert torch.allclose(got, torch.as_tensor(expect)), (m, got, expect)
+        assert len(seen) == (0 if m == 0 else 1)
+        if m:
+            assert torch.equal(seen[0], c_mis)
+
+
 @pytest.fixture(scope="module")
 def text_run(captioned_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("tr") / "run"
@@ -245,6 +308,8 @@ def test_bad_input_is_one_line(text_run, trained_run, captioned_folder, tmp_path
          "--mode-seeking needs a condition"),
         (("train", "gan", "--condition", "class", "--cond-aug", "1", "--out", tmp_path / "x"),
          "--cond-aug needs --condition text"),
+        (("train", "gan", "--condition", "class", "--mismatch", "0.2", "--out", tmp_path / "x"),
+         "--mismatch needs --condition text"),
         (("interpolate", text_run, "--prompts", "a one", "", "--out", tmp_path / "w.png"), "--prompt is empty"),
         (("eval", trained_run, "--prompts", "heldout"), "an unconditional model; eval --prompts needs"),
         (("eval", text_run, "--prompts", tmp_path / "none.txt"), "no such prompts file"),

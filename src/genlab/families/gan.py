@@ -42,6 +42,9 @@ MODE_SEEKING = 0.3
 # Conditioning augmentation's KL weight for text conditions (0: G adds the text MLP's output
 # to z as it is).
 COND_AUG = 0.0
+# The matching-aware discriminator's share of mismatched real pairs among its negatives
+# (Reed et al., 2016: half generated images, half real images with another image's caption).
+MISMATCH = 0.5
 
 
 class GANRun(ImageRun):
@@ -81,7 +84,11 @@ def adversarial_options(conditional_help: str) -> tuple:
             SCHEDULE.but(help="learning-rate schedule (default constant)"),
             Opt("mode_seeking", float, check=at_least(0), label="--mode-seeking",
                 help=f"mode-seeking weight (MSGAN): two latents per condition must give different images "
-                     f"(default {MODE_SEEKING} with --condition text, else 0)")) + CONDITION_OPTIONS
+                     f"(default {MODE_SEEKING} with --condition text, else 0)"),
+            Opt("mismatch", float, check=in_range(0, 1), label="--mismatch",
+                help=f"with --condition text: the share of D's negatives that are real images with another "
+                     f"image's caption (matching-aware D, Reed et al.); the rest are generated images. "
+                     f"0 = a plain projection D (default {MISMATCH})")) + CONDITION_OPTIONS
 
 
 class AdversarialFamily(ImageFamily):
@@ -107,6 +114,11 @@ class AdversarialFamily(ImageFamily):
             return MODE_SEEKING if cond["kind"] == "text" else 0.0
         check(o["mode_seeking"] == 0 or cond["kind"] != "none", "--mode-seeking needs a condition (--condition class|text)")
         return o["mode_seeking"]
+
+    @staticmethod
+    def mismatch(o, cond) -> float:
+        check(o.get("mismatch") is None or cond["kind"] == "text", "--mismatch needs --condition text")
+        return MISMATCH if o.get("mismatch") is None else o["mismatch"]
 
     @staticmethod
     def epoch_classifier(data):
@@ -138,9 +150,10 @@ class GANFamily(AdversarialFamily):
         "Per epoch: D loss, G loss, mean D(x) and D(G(z)), FID on 2,000 samples in the\n"
         "dataset classifier's features, a grid from fixed noise (samples/), metrics.jsonl,\n"
         "loss.png, and a warning when samples collapse onto few classes.\n\n"
-        "--condition text (sngan): G(z, e(text)) and a projection D(x, e(text)) that is\n"
-        "matching-aware (Reed et al., 2016): a real image with another image's caption counts\n"
-        "as fake, so D judges whether the image fits its text.")
+        "--condition text (sngan): G(z, e(text)) -- the text through a small MLP, scaled to\n"
+        "z's length and added to z -- and a projection D(x, e(text)) that is matching-aware\n"
+        "(Reed et al., 2016): a real image with another image's caption counts as fake, so D\n"
+        "judges whether the image fits its text (--mismatch sets their share of D's negatives).")
     epilog = ("examples:\n"
               "  genlab train gan --dataset mnist --time-budget 600 --out runs/gan\n"
               "  genlab train gan --arch mlp --epochs 10 --out runs/lecture-gan\n"
@@ -195,11 +208,12 @@ class GANFamily(AdversarialFamily):
         cond_aug = (COND_AUG if cond["kind"] == "text" else 0.0) if cond_aug is None else cond_aug
         mcfg = GANConfig(arch=arch, channels=c, image_size=h, z_dim=o["z_dim"], width=o["width"],
                          hidden=d.get("hidden", GANConfig.hidden), **self.condition_fields(cond, data),
-                         cond_aug=cond_aug > 0, ema=o["ema_decay"] > 0)
+                         cond_aug=cond_aug > 0, ema=o["ema_decay"] > 0, text_norm=cond["kind"] == "text")
         train_cfg = {"epochs": o.get("epochs"), "batch_size": o["batch_size"], "lr": o["lr"],
                      "schedule": o["schedule"], "seed": o["seed"], "time_budget": o.get("time_budget"),
                      "loss": o["loss"], "lr_d": o["lr_d"], "ema_decay": o["ema_decay"], "betas": list(o["betas"]),
-                     "mode_seeking": self.mode_seeking(o, cond), "cond_aug": cond_aug}
+                     "mode_seeking": self.mode_seeking(o, cond), "cond_aug": cond_aug,
+                     "mismatch": self.mismatch(o, cond)}
         what = f"{'class-conditional ' if cond['kind'] == 'class' else ''}{arch} GAN"
         return self.new_run(out, o, data, mcfg, train_cfg, what, log, condition=cond)
 
@@ -212,4 +226,4 @@ class GANFamily(AdversarialFamily):
         return GANTask(model, data, loss=t["loss"], lr_g=t["lr"], lr_d=t["lr_d"] or t["lr"],
                        betas=t["betas"], ema_decay=t["ema_decay"], schedule=t["schedule"],
                        classifier=clf, seed=t["seed"], cond=cond, mode_seeking=t.get("mode_seeking", 0.0),
-                       cond_aug=t.get("cond_aug", 0.0))
+                       cond_aug=t.get("cond_aug", 0.0), mismatch=t.get("mismatch", MISMATCH))

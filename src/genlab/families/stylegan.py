@@ -23,7 +23,7 @@ from ..train.stylegan import StyleGANTask
 from ..util.errors import GenlabError, check
 from ..util.options import Opt, above, at_least, in_range
 from .base import register
-from .gan import AdversarialFamily, GANRun, adversarial_options
+from .gan import MISMATCH, AdversarialFamily, GANRun, adversarial_options
 from .images import (
     BATCH_SIZE,
     DATASET,
@@ -267,7 +267,8 @@ class StyleGANFamily(AdversarialFamily):
         train_cfg = {"epochs": o.get("epochs"), "batch_size": o["batch_size"], "lr": o["lr"], "schedule": o["schedule"],
                      "seed": o["seed"], "time_budget": o.get("time_budget"), "betas": list(o["betas"]),
                      "mixing": o["mixing"], "r1_gamma": o["r1_gamma"], "pl_weight": o["pl_weight"],
-                     "ema_decay": o["ema_decay"], "augment": augment, "mode_seeking": self.mode_seeking(o, cond)}
+                     "ema_decay": o["ema_decay"], "augment": augment, "mode_seeking": self.mode_seeking(o, cond),
+                     "mismatch": self.mismatch(o, cond)}
         what = f"{'class-conditional ' if cond['kind'] == 'class' else ''}{o['arch']} ({size}x{size}" + \
             (f", {h}x{h} data padded" if h != size else "") + (", DiffAugment" if augment else "") + ")"
         return self.new_run(out, o, data, mcfg, train_cfg, what, log, condition=cond)
@@ -281,7 +282,7 @@ class StyleGANFamily(AdversarialFamily):
         return StyleGANTask(model, data, lr_g=t["lr"], lr_d=t["lr"], betas=t["betas"], ema_decay=t["ema_decay"],
                             schedule=t["schedule"], classifier=clf, seed=t["seed"], r1_gamma=t["r1_gamma"],
                             mixing=t["mixing"], pl_weight=t["pl_weight"], augment=t["augment"], cond=cond,
-                            mode_seeking=t.get("mode_seeking", 0.0))
+                            mode_seeking=t.get("mode_seeking", 0.0), mismatch=t.get("mismatch", MISMATCH))
 
     def batch_transform(self, config):
         """uint8 images -> [-1, 1] at the synthesis resolution (28x28 padded to 32 with background)."""

@@ -13,7 +13,9 @@ Three architectures, all for images in [-1, 1] (G ends in Tanh):
   BatchNorm; optionally class-conditional (G gets a label embedding, D a projection
   term, Miyato & Koyama, 2018) or text-conditional (Reed et al., 2016: G(z, e(text)),
   the text embedding mapped by a small MLP and added to z; D(x, e(text)) with the
-  projection of the embedding). D returns a logit. With `cond_aug`, G's text MLP gives a
+  projection of the embedding). With `text_norm` the MLP's output is scaled to length
+  sqrt(z_dim), z's own, as a label embedding starts: unscaled it grows to outweigh z, and
+  G gives less variety per caption. D returns a logit. With `cond_aug`, G's text MLP gives a
   mean and a log-variance and G reads c = mu + sigma * eps, pulled towards N(0, I) by a KL
   term (Zhang et al., 2017, StackGAN's conditioning augmentation): a caption becomes a
   neighbourhood of inputs of z's scale, not one point that outweighs z.
@@ -24,10 +26,12 @@ is what samples are drawn from; one state dict holds all three.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .condition import TextEmbedding
@@ -45,6 +49,7 @@ class GANConfig:
     text_dim: int = 0        # > 0: text-conditional on an embedding of this size (sngan only)
     vocab_size: int = 0      # the learned text encoder's vocabulary (0: MiniLM embeddings)
     cond_aug: bool = False   # text: conditioning augmentation (G samples its text code, sngan only)
+    text_norm: bool = False  # text: G's text shift scaled to z's length, sqrt(z_dim), like a label embedding
     ema: bool = False        # keep an exponential moving average of G (sampled from)
 
     @property
@@ -173,7 +178,10 @@ class SNGenerator(nn.Module):
             # image depends on its latent and its text alone (a seed gives the same image).
             z = z + (mu + (0.5 * logvar).exp() * torch.randn_like(mu) if self.training else mu)
         elif self.cfg.text_dim:
-            z = z + self.text_proj(self.text(y))
+            shift = self.text_proj(self.text(y))
+            if self.cfg.text_norm:
+                shift = F.normalize(shift, dim=1) * math.sqrt(self.cfg.z_dim)
+            z = z + shift
         return self.net(z)
 
 

@@ -45,7 +45,7 @@ class GANTask(Task):
                  lr_d: float = 2e-4, betas=(0.9, 0.999), ema_decay: float = 0.999,
                  schedule: str = "constant", classifier=None, seed: int = 0,
                  n_grid: int = 64, n_eval: int = 2000, warn=None, cond: Conditioner | None = None,
-                 mode_seeking: float = 0.0, cond_aug: float = 0.0):
+                 mode_seeking: float = 0.0, cond_aug: float = 0.0, mismatch: float = 0.5):
         if loss not in LOSSES:
             raise ValueError(f"unknown GAN loss {loss}")
         self.model = model
@@ -56,7 +56,10 @@ class GANTask(Task):
         self.schedule = schedule
         self.ema_decay = ema_decay
         self.mode_seeking = mode_seeking
-        self.cond_aug = cond_aug if getattr(self.cfg, "cond_aug", False) else 0.0  # only a GAN G built with the sampled code has it (not StyleGAN)
+        self.mismatch = mismatch
+        # conditioning augmentation's weight, for a G built with the sampled text code (a GAN
+        # config's cond_aug; a StyleGAN config has none)
+        self.cond_aug = cond_aug if getattr(self.cfg, "cond_aug", False) else 0.0
         self.opt_g = make_optimizer(model.G.parameters(), lr=lr_g, betas=betas)
         self.opt_d = make_optimizer(model.D.parameters(), lr=lr_d, betas=betas)
         self.G_net, self.D_net = model.G, model.D  # what the steps run (distribute() may wrap them)
@@ -131,12 +134,14 @@ class GANTask(Task):
         return (per.flatten() * weight).sum() / weight.sum().clamp(min=1.0)
 
     def _negatives(self, D, real_input, out_fake, c_real, key):
-        """D's fake term: the generated batch's, and for text the mean of it and the
-        mismatched real pairs' (`real_input()`: the real images as D sees them)."""
-        if self.cond.kind != "text":
+        """D's fake term: the generated batch's, and for text a share `mismatch` of it taken
+        by the mismatched real pairs instead (Reed et al.: half; `real_input()`: the real
+        images as D sees them)."""
+        if self.cond.kind != "text" or self.mismatch == 0:
             return self._fake_term(out_fake)
         c_mis, w = self.cond.mismatch(c_real, key)
-        return 0.5 * (self._fake_term(out_fake) + self._fake_term(D(real_input(), c_mis), w))
+        m = self.mismatch
+        return (1 - m) * self._fake_term(out_fake) + m * self._fake_term(D(real_input(), c_mis), w)
 
     def train_step(self, x, y):
         G, D = self.model.G, self.model.D
