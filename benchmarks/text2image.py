@@ -20,7 +20,9 @@ Parts (results kept in bench-out/text2image/results.json; a part can be rerun al
   mnist, fashion   the table above on MNIST and Fashion-MNIST;
   encoder          the best MNIST text row again with --text-encoder learned;
   emoji            the style-based generator on emoji with text for EMOJI_BUDGET seconds:
-                   category accuracy on held-out names and per-category FID; a prompt grid.
+                   category accuracy on held-out names and per-category FID, also with
+                   truncation psi 0.7 towards each prompt's mean w; the classifier's accuracy
+                   on the real held-out images beside it; a prompt grid.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ ROWS = {"cvae-lecture": ("vae", ["--arch", "conv", "--cvae", "lecture"]),
         "gan": ("gan", ["--arch", "sngan"]),
         "stylegan": ("stylegan", ["--arch", "stylegan2"])}
 DATASETS = {"mnist": "mnist", "fashion": "fashion-mnist"}
+TRUNCS = (0.7,)        # emoji: also measured with truncation towards each prompt's mean w
 EMOJI_PROMPTS = ["a red heart", "a cat face", "a national flag", "a smiling face", "a car", "a pizza",
                  "a tree", "a clock"]
 
@@ -104,15 +107,29 @@ def part_encoder(args, results):
     print(f"encoder {best} learned: {json.dumps(r)}", flush=True)
 
 
+def real_category_accuracy(run) -> float:
+    """The emoji classifier's accuracy on the real held-out images (the held-out names'
+    own pictures): the most a generator could score if its samples were the real ones."""
+    import torch
+
+    from genlab.metrics.classifier import get_classifier
+    data = run._data()
+    x, y = data.split("test")
+    pred = get_classifier(data).probs(data.to_float(x)).argmax(1)
+    return round(float((pred == torch.as_tensor(y)).float().mean()), 4)
+
+
 def part_emoji(args, results):
     import genlab
     out = os.path.join(OUT, "runs", "emoji-stylegan-text")
     secs = train("stylegan", "emoji", "text", args.emoji_budget, out)
     run = genlab.load(out)
-    r = {"wall_seconds": round(secs, 1)}
-    for which in ("train", "heldout"):
-        ev = run.evaluate_prompts(which, per_prompt=20, seed=0)
-        r[which] = {k: v for k, v in ev.items() if k.startswith(("category", "fid_per", "prompts"))}
+    r = {"wall_seconds": round(secs, 1), "real_test_images": real_category_accuracy(run)}
+    for psi in (None, *TRUNCS):
+        for which in ("train", "heldout"):
+            ev = run.evaluate_prompts(which, per_prompt=20, seed=0, trunc=psi)
+            r[which if psi is None else f"{which}_psi{psi:g}"] = {
+                k: v for k, v in ev.items() if k.startswith(("category", "fid_per", "prompts"))}
     docs = os.path.join(ROOT, "docs")
     os.makedirs(docs, exist_ok=True)
     run.save_samples(8, os.path.join(docs, "text2image-emoji-prompts.png"), seed=0, prompts=EMOJI_PROMPTS)
@@ -147,9 +164,14 @@ def table(results):
               f"{e['learned']['train'].get('conditional_accuracy[genlab-mnist]'):.3f}")
     if "emoji" in results:
         e = results["emoji"]
+        acc = "category_accuracy[genlab-emoji]"
         print(f"\nemoji ({e['wall_seconds']:.0f} s): category accuracy, training names "
-              f"{e['train'].get('category_accuracy[genlab-emoji]')}, held-out names "
-              f"{e['heldout'].get('category_accuracy[genlab-emoji]')}")
+              f"{e['train'].get(acc)}, held-out names {e['heldout'].get(acc)}; the real held-out images "
+              f"{e.get('real_test_images')}")
+        for psi in TRUNCS:
+            if f"heldout_psi{psi:g}" in e:
+                print(f"  psi {psi:g} (towards each prompt's mean w): training names {e[f'train_psi{psi:g}'].get(acc)}, "
+                      f"held-out names {e[f'heldout_psi{psi:g}'].get(acc)}")
 
 
 def main():

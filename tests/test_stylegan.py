@@ -1,7 +1,8 @@
 """The style-based generator: a short run on real digits beats an untrained generator,
-resumes bit for bit, and its controls do what the paper says -- psi = 0 is the mean image,
-mixing an image with itself changes nothing, constant noise is deterministic; perceptual
-path length on a generator whose path length is known; the emoji dataset; bad input."""
+resumes bit for bit, and its controls do what the paper says -- psi = 0 is the mean image
+(of the class or text, in a conditional model), mixing an image with itself changes
+nothing, constant noise is deterministic; perceptual path length on a generator whose
+path length is known; the emoji dataset; bad input."""
 from __future__ import annotations
 
 import math
@@ -75,16 +76,44 @@ def test_resume_is_bit_exact(tmp_path, few_digits, cli, assert_same_weights):
     assert_same_weights(tmp_path / "straight", tmp_path / "split")
 
 
-def test_truncation_to_zero_is_the_mean_image_for_every_seed(sg_run):
+def test_truncation_to_zero_is_the_class_mean_image_for_every_seed(sg_run):
     run = genlab.load(sg_run)
-    x = run.sample(seeds="0-5", trunc=0.0)
+    x = run.sample(seeds="0-5", trunc=0.0, label=3)
     # (the same w in every row; some CPUs' kernels round rows of one batch differently)
     assert all(torch.allclose(x[0], x[i], atol=1e-5) for i in range(1, 6))
+    # each class has its own mean: psi = 0 keeps the class (the overall w_avg would not)
+    assert (run.sample(seeds="0-5", trunc=0.0, label=7)[0] - x[0]).abs().max() > 0.05
     y = run.sample(seeds="0-5")
     assert not torch.equal(y[0], y[1])
     # a seed's image does not depend on its company (up to the kernels' rounding, which varies with the batch)
     assert torch.allclose(run.sample(seeds=[3, 4]), y[3:5], atol=1e-5)
     assert torch.equal(run.sample(seeds="0-5", trunc=1.0), y)
+
+
+@pytest.mark.parametrize("kind", ["class", "text"])
+def test_a_conditional_generator_truncates_towards_each_conditions_own_mean_w(kind):
+    from genlab.models.stylegan import StyleGANConfig, build_stylegan
+    torch.manual_seed(0)
+    cfg = StyleGANConfig(z_dim=32, w_dim=32, mapping_layers=2, width=32, image_size=8,
+                         **({"num_classes": 10} if kind == "class" else {"text_dim": 16}))
+    mapping = build_stylegan(cfg).G.mapping
+    with torch.no_grad():   # an untrained mapping gives every condition nearly the same mean: make them differ
+        mapping.embed.weight.mul_(10)
+    c = torch.tensor([3, 3, 5, 5]) if kind == "class" else torch.randn(2, 16).repeat_interleave(2, 0)
+    z = torch.randn(4, 32)
+    with torch.no_grad():
+        w = mapping(z, c)[:, 0]
+        centre = mapping(z, c, truncation_psi=0.0)[:, 0]
+        half = mapping(z, c, truncation_psi=0.5)[:, 0]
+        # the centre is the condition's own mean of w, estimated independently from 20,000 draws
+        many = [mapping(torch.randn(20000, 32), c[i:i + 1].expand(20000, *c.shape[1:]))[:, 0] for i in (0, 2)]
+    assert torch.allclose(centre[0], centre[1], atol=1e-5) and torch.allclose(centre[2], centre[3], atol=1e-5)
+    spread = [m.std(0).norm() for m in many]
+    for i, m, s in ((0, many[0], spread[0]), (2, many[1], spread[1])):
+        assert (centre[i] - m.mean(0)).norm() < 0.1 * s
+    assert (centre[0] - centre[2]).norm() > 0.5 * min(spread)     # two conditions, two centres
+    assert (centre[0] - mapping.w_avg).norm() > 0.1               # not the overall running mean
+    assert torch.allclose(half, (w + centre) / 2, atol=1e-5)
 
 
 def test_mixing_an_image_with_itself_changes_nothing(sg_run):
@@ -150,6 +179,7 @@ def test_bad_input_is_one_line(sg_run, trained_run, digits, tmp_path, cli_here, 
     expect_user_error(cli("sample", sg_run, "--seeds", "1", "--trunc", "9", "--out", out), "--trunc", "[-2, 2]")
     expect_user_error(cli("sample", sg_run, "--seeds", "1", "--trunc", "half", "--out", out), "--trunc", "not a number")
     expect_user_error(cli("sample", sg_run, "--n", 4, "--seeds", "1", "--out", out), "not both")
+    expect_user_error(cli("eval", sg_run, "--trunc", 0.7), "--trunc goes with --prompts")
     expect_user_error(cli("style-mix", sg_run, "--rows", 1, "--cols", 2, "--styles", "0-40", "--out", out),
                       "style layers 0-")
     expect_user_error(cli("style-mix", sg_run, "--rows", 1, "--cols", 2, "--styles", "tiny", "--out", out),

@@ -25,7 +25,8 @@ def register(commands) -> None:
         "--prompts FILE (one per line) or the built-in sets train / heldout (phrasings used in,\n"
         "or held out of, training): how samples follow their text -- conditional accuracy\n"
         "(MNIST, Fashion-MNIST), Spearman rho of asked vs measured attributes, category accuracy\n"
-        "and per-category FID (emoji). --per-prompt samples each (default 100).\n\n"
+        "and per-category FID (emoji). --per-prompt samples each (default 100); --trunc PSI for\n"
+        "a style-based generator pulls each sample towards its prompt's mean w.\n\n"
         "For a language model: loss (nats per token), perplexity and bits per character on\n"
         "the run's held-out documents (or --text PATH), every token scored once with a\n"
         "sliding window of the model's context (stride: half of it).")
@@ -41,6 +42,8 @@ def register(commands) -> None:
     e.add_argument("--prompts", default=None, metavar="FILE",
                    help="conditional image run: prompts, one per line, or the built-in sets train / heldout")
     add(e, [api.PER_PROMPT], {"per_prompt": api.PER_PROMPT.default})
+    add_one(e, api.TRUNC.but(help="with --prompts, style-based generators: truncation psi towards each prompt's "
+                                  "mean w (default 1: none)"))
     e.add_argument("--inception", default=None, metavar="PATH",
                    help="weights of the FID Inception network (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
     e.add_argument("--text", default=None, metavar="PATH",
@@ -55,6 +58,9 @@ def register(commands) -> None:
 
 
 def _eval(a) -> None:
+    if a.trunc is not None and a.prompts is None:
+        raise GenlabError("--trunc goes with --prompts (how a style-based generator's samples follow their text); "
+                          "FID and the other metrics are measured without truncation")
     m = api.open_any(a.run, log=note, device=a.device)
     if hasattr(m, "stream"):  # a language model
         res = m.evaluate(text=a.text, corpus=a.corpus, max_tokens=a.max_tokens, log=True)
@@ -62,7 +68,8 @@ def _eval(a) -> None:
         if a.text is not None:
             raise GenlabError("--text is for language-model runs")
         if a.prompts is not None:
-            print(json.dumps(m.evaluate_prompts(a.prompts, per_prompt=a.per_prompt, seed=a.seed), indent=2))
+            res = m.evaluate_prompts(a.prompts, per_prompt=a.per_prompt, seed=a.seed, trunc=a.trunc)
+            print(json.dumps(res, indent=2))
             return
         res = m.evaluate(iw_samples=a.iw_samples, n_test=a.n_test, n_samples=a.n_samples, seed=a.seed,
                          classifier=not a.no_classifier, inception=a.inception, metrics=a.metrics)

@@ -75,7 +75,8 @@ def parse_seeds(spec) -> list[int]:
 
 # What the sampling verbs take, checked the same way from Python and the CLI.
 TRUNC = Opt("trunc", float, check=in_range(-2, 2, closed=True), label="--trunc",
-            help="style-based generators: truncation psi (1 = none, 0 = the mean w; default 1)")
+            help="style-based generators: truncation psi (1 = none, 0 = the mean w -- of the class or text asked "
+                 "for, in a conditional run; default 1)")
 N = Opt("n", int, 64, check=at_least(1), label="--n", help="number of samples (default 64)")
 PAIRS = Opt("pairs", int, 8, check=at_least(1), label="--pairs", help="rows (default 8)")
 STEPS = Opt("steps", int, 10, check=at_least(2), label="--steps", help="images per row (default 10)")
@@ -591,15 +592,18 @@ class ImageRun:
         return res
 
     @torch.no_grad()
-    def evaluate_prompts(self, prompts="heldout", per_prompt: int = 100, seed: int = 0, log=None) -> dict:
+    def evaluate_prompts(self, prompts="heldout", per_prompt: int = 100, seed: int = 0, log=None,
+                         trunc: float | None = None) -> dict:
         """How well samples follow their prompts (a list, a file, or the built-in sets
         "train" / "heldout"): for MNIST / Fashion-MNIST the conditional accuracy (the
         dataset classifier predicts the class the prompt names) and, per attribute, the
         rank correlation between the asked level and the measured one; for other labelled
         data (emoji) the category accuracy of prompts that are captions and the FID per
-        category. A class-conditional run is given the class each prompt names. Appended
-        to metrics.jsonl."""
+        category. A class-conditional run is given the class each prompt names. `trunc`
+        (style-based generators): psi, towards each prompt's own mean w. Appended to
+        metrics.jsonl."""
         PER_PROMPT.validate(per_prompt)
+        style = self._style(trunc, None)
         kind = self.condition["kind"]
         check(kind != "none", f"{self.path}: an unconditional model; eval --prompts needs a conditional run")
         data = self._data()
@@ -623,9 +627,9 @@ class ImageRun:
         for i, info in enumerate(infos):
             c = codes[i].expand(per_prompt, *codes[i].shape) if codes is not None else \
                 torch.full((per_prompt,), info["class"], dtype=torch.long)
-            images.append(self._decode_cpu(z_all, c))
+            images.append(self._decode_cpu(z_all, c, **style))
         res = {"kind": "eval_prompts", "family": self.family, "dataset": data.name, "condition": kind,
-               "prompts": len(plist), "per_prompt": per_prompt,
+               "prompts": len(plist), "per_prompt": per_prompt, **({"trunc": trunc} if trunc is not None else {}),
                "prompt_set": prompts if isinstance(prompts, str) else "list"}
         res.update(prompt_metrics(images, infos, clf, data, dataset))
         self.dir.append_metrics(res)

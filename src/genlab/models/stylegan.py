@@ -7,7 +7,8 @@ GANs"), sized for a CPU, in stylegan2-ada's vocabulary.
 - `mapping(z, c, truncation_psi)`: z (normalised) and, for a conditional model, an
   embedding of the class or of the text c -> w, repeated once per style input
   (ws: (B, num_ws, w_dim)).
-  Truncation pulls w towards w_avg, the running mean of w tracked while training.
+  Truncation pulls w towards w_avg, the running mean of w tracked while training; for a
+  conditional model towards the mean w of each image's own class or text.
 - `synthesis(ws, noise_mode)`: the constant, then at every resolution convolutions whose
   features are scaled by a style from w; per-pixel Gaussian noise with a learned strength per
   channel adds stochastic detail. noise_mode "random" (fresh noise), "const" (a fixed draw
@@ -40,6 +41,7 @@ from .condition import TextEmbedding
 ADAIN, MODULATED = "stylegan", "stylegan2"
 ARCHS = (ADAIN, MODULATED)
 SQRT2 = math.sqrt(2.0)
+CENTER_DRAWS = 512          # draws of z that estimate a condition's mean w (conditional truncation)
 
 
 @dataclass
@@ -143,15 +145,29 @@ class MappingNetwork(nn.Module):
         x = normalize_2nd_moment(z)
         if self.embed is not None:
             e = self.text(c) if self.text is not None else F.one_hot(c, self.cfg.num_classes).to(z.dtype)
-            x = torch.cat([x, normalize_2nd_moment(self.embed(e))], dim=1)
+            ce = normalize_2nd_moment(self.embed(e))
+            x = torch.cat([x, ce], dim=1)
         w = self.fc(x)
         if update_w_avg:
             self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, beta))
         ws = w.unsqueeze(1).repeat(1, self.cfg.num_ws, 1)
         if truncation_psi != 1:
             cut = self.cfg.num_ws if truncation_cutoff is None else truncation_cutoff
-            ws[:, :cut] = self.w_avg.lerp(ws[:, :cut], truncation_psi)
+            center = self.w_avg if self.embed is None else self.condition_avg(ce).unsqueeze(1)
+            ws[:, :cut] = center.lerp(ws[:, :cut], truncation_psi)
         return ws
+
+    @torch.no_grad()
+    def condition_avg(self, ce, n=CENTER_DRAWS):
+        """The mean w of each condition (ce: its embedding as the layers read it): w averaged
+        over `n` fixed draws of z. A conditional model truncates towards it, not towards the
+        overall w_avg, which would pull every image away from its class or text (as
+        StyleGAN-XL does per class). Computed once per distinct condition in the batch."""
+        uniq, inverse = torch.unique(ce, dim=0, return_inverse=True)
+        g = torch.Generator().manual_seed(0)
+        z = normalize_2nd_moment(torch.randn(n, self.cfg.z_dim, generator=g)).to(ce.device, ce.dtype)
+        avg = torch.stack([self.fc(torch.cat([z, u.expand(n, -1)], dim=1)).mean(0) for u in uniq])
+        return avg[inverse]
 
 
 # -- synthesis layers ------------------------------------------------------------------------------
