@@ -12,7 +12,8 @@ Parts (results are kept in bench-out/stylegan/results.json, so a part can be rer
   control   scale-specific control of the best style-based run, measured: copying a source's
             coarse styles makes the classifier see the source's class; copying only the fine
             styles changes pixels but not the class; noise alone never changes the class; and
-            truncation psi = 0.7 against 1 (precision up, recall down).
+            truncation psi = 0.7 against 1 (precision up, recall down), towards each class's
+            own mean w and, for comparison, towards the mean w over all classes.
   emoji     the best architecture on emoji for EMOJI_BUDGET seconds: FID against its floor in the
             emoji classifier's features, and the figures the README shows (docs/).
 """
@@ -119,17 +120,38 @@ def _control(args, results):
             keep.append((clf.probs(run._synth(w, noise_mode="random")).argmax(1) == base).float())
     out["noise_keeps_class"] = float(torch.cat(keep).mean())
     out["groups"] = groups
-    for psi in (1.0, 0.7):
-        m = run.evaluate(n_samples=args.n_samples, metrics="fid,pr") if psi == 1.0 else None
-        if psi != 1.0:
-            from genlab.metrics.quality import image_metrics
-            m = image_metrics(clf, run._data(), run.sample(args.n_samples, seed=0, trunc=psi), seed=0)
-        tag = clf.label
-        out[f"psi{psi:g}"] = {"precision": m[f"precision[{tag}]"], "recall": m[f"recall[{tag}]"],
-                              "fid": m[f"FID[{tag}]"]}
+    out.update(truncation(run, clf, args.n_samples))
     results["control"] = out
     _save(results)
     print(json.dumps(out, indent=1), flush=True)
+
+
+def truncation(run, clf, n: int, psi: float = 0.7) -> dict:
+    """Precision, recall, FID and the share of samples in the class asked for, on the same
+    n latents and classes: psi = 1; psi towards each class's own mean w (what genlab does);
+    psi towards the mean w over all classes (stylegan2-ada's w_avg)."""
+    import torch
+
+    from genlab.metrics.quality import image_metrics
+    data, tag, m = run._data(), clf.label, run.model
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(n, run.latent_dim, generator=g)
+    y = torch.randint(0, data.num_classes, (n,), generator=g)
+    out = {}
+    for name in ("psi1", f"psi{psi:g}", f"psi{psi:g}-overall"):
+        images = []
+        for i in range(0, n, 1000):
+            zz, yy = z[i:i + 1000], y[i:i + 1000]
+            if name.endswith("overall"):
+                mapping = m.sampler.mapping
+                images.append(m.generate_ws(mapping.w_avg.lerp(mapping(zz, yy), psi)))
+            else:
+                images.append(m.generate(zz, yy, truncation_psi=1.0 if name == "psi1" else psi))
+        x = torch.cat(images)
+        r = image_metrics(clf, data, x, seed=0)
+        out[name] = {"precision": r[f"precision[{tag}]"], "recall": r[f"recall[{tag}]"], "fid": r[f"FID[{tag}]"],
+                     "class_accuracy": float((clf.probs(x).argmax(1) == y).float().mean())}
+    return out
 
 
 def part_emoji(args, results):
@@ -177,8 +199,11 @@ def table(results):
             print(f"  {g:<7} styles copied: class becomes the source's {c[g + '_to_source_class']:.1%}, "
                   f"class changes {c[g + '_class_changed']:.1%}, mean pixel change {c[g + '_pixels_changed']:.3f}")
         print(f"  noise alone keeps the class in {c['noise_keeps_class']:.2%} of draws")
-        for psi in ("psi1", "psi0.7"):
-            print(f"  {psi}: precision {c[psi]['precision']:.3f}, recall {c[psi]['recall']:.3f}, FID {c[psi]['fid']:.2f}")
+        for psi, what in (("psi1", ""), ("psi0.7", " (towards each class's mean w)"),
+                          ("psi0.7-overall", " (towards the mean w of all classes)")):
+            if psi in c:
+                print(f"  {psi}{what}: precision {c[psi]['precision']:.3f}, recall {c[psi]['recall']:.3f}, "
+                      f"FID {c[psi]['fid']:.2f}, in the class asked for {c[psi].get('class_accuracy', float('nan')):.1%}")
     if "emoji" in results:
         e = results["emoji"]
         tag = "genlab-emoji"

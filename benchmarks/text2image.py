@@ -1,6 +1,6 @@
 """Text-to-image benchmark, measured in one run on this machine.
 
-    python benchmarks/text2image.py                          # everything (about 3 h 10 min on 2 cores)
+    python benchmarks/text2image.py                          # everything (about 3 h 45 min on 2 cores)
     python benchmarks/text2image.py --only mnist --rows cvae-standard,gan --budget 120   # quicker
 
 Rows: the lecture-style conditional VAE (the encoder does not see the text), the standard
@@ -19,9 +19,10 @@ the other in their own processes. Measured on every run, with the same prompts:
 Parts (results kept in bench-out/text2image/results.json; a part can be rerun alone):
   mnist, fashion   the table above on MNIST and Fashion-MNIST;
   encoder          the best MNIST text row again with --text-encoder learned;
-  emoji            the style-based generator on emoji with text for EMOJI_BUDGET seconds:
+  emoji            the style-based generator on emoji with text, then with the category
+                   label, EMOJI_BUDGET seconds each:
                    category accuracy on held-out names and per-category FID, also with
-                   truncation psi 0.7 towards each prompt's mean w; the classifier's accuracy
+                   truncation psi 0.7 and 0.5 towards each prompt's mean w; the classifier's accuracy
                    on the real held-out images beside it; a prompt grid.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ ROWS = {"cvae-lecture": ("vae", ["--arch", "conv", "--cvae", "lecture"]),
         "gan": ("gan", ["--arch", "sngan"]),
         "stylegan": ("stylegan", ["--arch", "stylegan2"])}
 DATASETS = {"mnist": "mnist", "fashion": "fashion-mnist"}
-TRUNCS = (0.7,)        # emoji: also measured with truncation towards each prompt's mean w
+TRUNCS = (0.7, 0.5)    # emoji: also measured with truncation towards each condition's mean w
 EMOJI_PROMPTS = ["a red heart", "a cat face", "a national flag", "a smiling face", "a car", "a pizza",
                  "a tree", "a clock"]
 
@@ -121,21 +122,25 @@ def real_category_accuracy(run) -> float:
 
 def part_emoji(args, results):
     import genlab
-    out = os.path.join(OUT, "runs", "emoji-stylegan-text")
-    secs = train("stylegan", "emoji", "text", args.emoji_budget, out)
-    run = genlab.load(out)
-    r = {"wall_seconds": round(secs, 1), "real_test_images": real_category_accuracy(run)}
-    for psi in (None, *TRUNCS):
-        for which in ("train", "heldout"):
-            ev = run.evaluate_prompts(which, per_prompt=20, seed=0, trunc=psi)
-            r[which if psi is None else f"{which}_psi{psi:g}"] = {
-                k: v for k, v in ev.items() if k.startswith(("category", "fid_per", "prompts"))}
-    docs = os.path.join(ROOT, "docs")
-    os.makedirs(docs, exist_ok=True)
-    run.save_samples(8, os.path.join(docs, "text2image-emoji-prompts.png"), seed=0, prompts=EMOJI_PROMPTS)
-    results["emoji"] = r
-    _save(results)
-    print(f"emoji: {json.dumps(r)}", flush=True)
+    r = {}
+    for cond in ("text", "class"):
+        out = os.path.join(OUT, "runs", f"emoji-stylegan-{cond}")
+        secs = train("stylegan", "emoji", cond, args.emoji_budget, out)
+        run = genlab.load(out)
+        rc = r[cond] = {"wall_seconds": round(secs, 1)}
+        for psi in (None, *TRUNCS):
+            for which in ("train", "heldout"):
+                ev = run.evaluate_prompts(which, per_prompt=20, seed=0, trunc=psi)
+                rc[which if psi is None else f"{which}_psi{psi:g}"] = {
+                    k: v for k, v in ev.items() if k.startswith(("category", "fid_per", "prompts"))}
+        if cond == "text":
+            r["real_test_images"] = real_category_accuracy(run)
+            docs = os.path.join(ROOT, "docs")
+            os.makedirs(docs, exist_ok=True)
+            run.save_samples(8, os.path.join(docs, "text2image-emoji-prompts.png"), seed=0, prompts=EMOJI_PROMPTS)
+        results["emoji"] = r
+        _save(results)
+        print(f"emoji {cond}: {json.dumps(rc)}", flush=True)
 
 
 def table(results):
@@ -165,13 +170,18 @@ def table(results):
     if "emoji" in results:
         e = results["emoji"]
         acc = "category_accuracy[genlab-emoji]"
-        print(f"\nemoji ({e['wall_seconds']:.0f} s): category accuracy, training names "
-              f"{e['train'].get(acc)}, held-out names {e['heldout'].get(acc)}; the real held-out images "
-              f"{e.get('real_test_images')}")
-        for psi in TRUNCS:
-            if f"heldout_psi{psi:g}" in e:
-                print(f"  psi {psi:g} (towards each prompt's mean w): training names {e[f'train_psi{psi:g}'].get(acc)}, "
-                      f"held-out names {e[f'heldout_psi{psi:g}'].get(acc)}")
+        print(f"\nemoji: category accuracy (training names / held-out names); the classifier on the real "
+              f"held-out images {e.get('real_test_images')}")
+        for cond in ("text", "class"):
+            if cond not in e:
+                continue
+            c = e[cond]
+            line = f"  {cond:<5} ({c['wall_seconds']:.0f} s): {c['train'].get(acc)} / {c['heldout'].get(acc)}"
+            for psi in TRUNCS:
+                if f"heldout_psi{psi:g}" in c:
+                    line += (f"; psi {psi:g} towards each condition's mean w: {c[f'train_psi{psi:g}'].get(acc)} / "
+                             f"{c[f'heldout_psi{psi:g}'].get(acc)}")
+            print(line)
 
 
 def main():

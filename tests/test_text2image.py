@@ -239,7 +239,9 @@ def test_the_text_shift_has_the_latents_length_whatever_the_mlp_learns(captioned
 def test_the_matching_aware_share_weighs_mismatched_pairs_against_generated_images(captioned_folder):
     """--mismatch W: D's negatives are (1 - W) x the generated batch's term + W x the real
     images' with another image's caption (Reed et al.: W = 0.5); W = 0 never shows D a
-    mismatched pair, and a pair whose 'other' caption names the same class does not count."""
+    mismatched pair, and a pair whose 'other' caption names the same class does not count.
+    The mismatched pairs reuse the real images' features: D's convolutions run once per
+    real batch, and the logits are the ones a separate pass gives."""
     from genlab.models.gan import GANConfig, build_gan
     from genlab.train.condition import make_conditioner
     from genlab.train.gan import GANTask
@@ -250,27 +252,32 @@ def test_the_matching_aware_share_weighs_mismatched_pairs_against_generated_imag
     idx = torch.arange(8)
     c_real, key = cond.real(idx)
     out_fake = torch.randn(8, 1)
-    seen = []
     logits = torch.linspace(-0.5, 2.0, 8).unsqueeze(1)
-
-    def D(x, c):
-        seen.append(c)
-        return logits
-
     fake = torch.relu(1 + out_fake).mean()
     c_mis, w = cond.mismatch(c_real, key)
+    assert torch.equal(c_mis, c_real.roll(1, 0))
     w = w.clone()
     w[3] = 0.0                                   # a pair whose other caption says the same: left out
-    cond.mismatch = lambda c, k: (c_mis, w)      # (this test's own conditioner)
     mis = float((torch.relu(1 + logits).flatten() * w).sum() / w.sum())
-    for m, expect in ((0.5, 0.5 * fake + 0.5 * mis), (0.2, 0.8 * fake + 0.2 * mis), (0.0, fake)):
+    for m, expect in ((0.5, 0.5 * fake + 0.5 * mis), (0.2, 0.8 * fake + 0.2 * mis)):
         task = GANTask(model, data, loss="hinge", cond=cond, mismatch=m)
-        seen.clear()
-        got = task._negatives(D, lambda: torch.zeros(8, 1, 28, 28), out_fake, c_real, key)
+        got = task._negatives(out_fake, logits, w)
         assert torch.allclose(got, torch.as_tensor(expect)), (m, got, expect)
-        assert len(seen) == (0 if m == 0 else 1)
-        if m:
-            assert torch.equal(seen[0], c_mis)
+    assert GANTask(model, data, loss="hinge", cond=cond, mismatch=0.0)._mismatched(c_real, key) == (None, None)
+
+    D = model.D.eval()                           # (eval: spectral norm's power iteration stays put)
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        both = D(x, c_real, c_mis)
+        assert torch.allclose(both[0], D(x, c_real), atol=1e-6) and torch.allclose(both[1], D(x, c_mis), atol=1e-6)
+    passes = []
+    hook = D.net.register_forward_hook(lambda *a: passes.append(1))
+    for m, expect in ((0.5, 3), (0.0, 3)):     # D step: real + generated; G step: generated
+        passes.clear()
+        task = GANTask(model.train(), data, loss="hinge", cond=cond, mismatch=m)
+        task.train_step(data.to_float(data.train_x[:8]), idx)
+        assert len(passes) == expect, (m, len(passes))
+    hook.remove()
 
 
 @pytest.fixture(scope="module")

@@ -204,9 +204,16 @@ class SNDiscriminator(nn.Module):
             self.text = TextEmbedding(cfg.text_dim, cfg.vocab_size)
             self.text_proj = spectral_norm(nn.Linear(cfg.text_dim, 4 * w))
 
-    def forward(self, x, y=None):
+    def forward(self, x, y=None, *others):
+        """The logit of each image with its condition y; given further conditions `others`,
+        a tuple: one logit per condition, from the image features computed once (Reed et
+        al.'s mismatched pairs -- real images, other captions -- cost no second pass)."""
         h = self.net(x)
         out = self.out(h)
+        outs = [self._project(out, h, c) for c in (y, *others)]
+        return tuple(outs) if others else outs[0]
+
+    def _project(self, out, h, y):
         if self.embed is not None:
             out = out + (self.embed(y) * h).sum(1, keepdim=True)
         if self.text_dim:

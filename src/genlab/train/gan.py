@@ -133,15 +133,21 @@ class GANTask(Task):
             return per.mean()
         return (per.flatten() * weight).sum() / weight.sum().clamp(min=1.0)
 
-    def _negatives(self, D, real_input, out_fake, c_real, key):
-        """D's fake term: the generated batch's, and for text a share `mismatch` of it taken
-        by the mismatched real pairs instead (Reed et al.: half; `real_input()`: the real
-        images as D sees them)."""
+    def _mismatched(self, c_real, key):
+        """(other images' captions for the real images, weight 1 where the caption really
+        differs), or (None, None) when D sees no mismatched pairs (no text, --mismatch 0)."""
         if self.cond.kind != "text" or self.mismatch == 0:
+            return None, None
+        return self.cond.mismatch(c_real, key)
+
+    def _negatives(self, out_fake, out_mis=None, w=None):
+        """D's fake term: the generated batch's, and for text a share `mismatch` of it taken
+        by the mismatched real pairs instead (Reed et al.: half; `out_mis`: D's logits for
+        the real images with the captions `_mismatched` gave, weighed by its `w`)."""
+        if out_mis is None:
             return self._fake_term(out_fake)
-        c_mis, w = self.cond.mismatch(c_real, key)
         m = self.mismatch
-        return (1 - m) * self._fake_term(out_fake) + m * self._fake_term(D(real_input(), c_mis), w)
+        return (1 - m) * self._fake_term(out_fake) + m * self._fake_term(out_mis, w)
 
     def train_step(self, x, y):
         G, D = self.model.G, self.model.D
@@ -153,11 +159,15 @@ class GANTask(Task):
         z = self._latents(b, dev)
         with torch.no_grad():
             fake = G(z, y_fake)
-        out_real = self.D_net(x, y_real)
+        c_mis, w = self._mismatched(y_real, key)
+        if c_mis is None:
+            out_real, out_mis = self.D_net(x, y_real), None
+        else:   # the real images' features serve their own captions and the mismatched ones
+            out_real, out_mis = self.D_net(x, y_real, c_mis)
         out_fake = self.D_net(fake, y_fake)
         if self.cond.kind == "text":
             real = (F.softplus(-out_real) if self.loss == "ns" else F.relu(1 - out_real)).mean()
-            d_loss = real + self._negatives(D, lambda: x, out_fake, y_real, key)
+            d_loss = real + self._negatives(out_fake, out_mis, w)
         elif self.loss == "bce":
             ones, zeros = torch.ones(b, 1, device=dev), torch.zeros(b, 1, device=dev)
             d_loss = self.bce(out_real, ones) + self.bce(out_fake, zeros)

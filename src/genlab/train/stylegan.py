@@ -98,7 +98,9 @@ class StyleGANTask(GANTask):
             fake = G.synthesis(self._ws(b, y_fake, dev))
         out_real = self.D_net(self._aug(x), y_real)
         out_fake = self.D_net(self._aug(fake), y_fake)
-        d_loss = self._negatives(D, lambda: self._aug(x), out_fake, y_real, key) + F.softplus(-out_real).mean()
+        c_mis, w = self._mismatched(y_real, key)   # (a fresh augmentation of the real images for those pairs)
+        out_mis = None if c_mis is None else D(self._aug(x), c_mis)
+        d_loss = self._negatives(out_fake, out_mis, w) + F.softplus(-out_real).mean()
         if self.r1_gamma > 0 and self.steps % self.r1_interval == 0:
             xr = x.detach().requires_grad_(True)
             grad, = torch.autograd.grad(D(self._aug(xr), y_real).sum(), xr, create_graph=True)
